@@ -9,7 +9,6 @@ function is importable (for example ``asyncio:winloop:new_event_loop``).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +53,13 @@ class Backend:
 
 
 def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    # Import rather than look for a spec: a package that is present but broken
+    # (wrong platform, missing shared library) must count as missing.
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def _loop_factory(spec: str) -> Callable[[], Any]:

@@ -25,11 +25,15 @@ def _check_port(port: object) -> None:
         raise ValueError(f"invalid port {port!r}: expected an integer from 0 to 65535")
 
 
-def _check_positive(name: str, value: object, *, allow_none: bool = False) -> None:
+def _check_positive(
+    name: str, value: object, *, allow_none: bool = False, integer: bool = False
+) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"invalid {name} {value!r}: expected a positive number")
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        what = "integer" if integer else "number"
+        raise ValueError(f"invalid {name} {value!r}: expected a positive {what}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,10 +76,8 @@ class ServerConfig:
         elif host is not None and (not isinstance(host, str) or not host):
             raise ValueError(f"invalid host {host!r}: expected a name or an address")
         _check_port(self.port)
-        _check_positive("backlog", self.backlog)
-        _check_positive("receive_size", self.receive_size)
-        if not isinstance(self.receive_size, int):
-            raise ValueError("invalid receive_size: expected an integer")
+        _check_positive("receive_size", self.receive_size, integer=True)
+        _check_positive("backlog", self.backlog, integer=True)
         if self.drain_timeout < 0:
             raise ValueError(
                 f"invalid drain_timeout {self.drain_timeout!r}: expected >= 0"

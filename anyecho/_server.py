@@ -5,10 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 from anyio import (
@@ -22,6 +22,7 @@ from anyio.abc import (
     ByteStream,
     Listener,
     SocketAttribute,
+    SocketListener,
     SocketStream,
     TaskGroup,
     TaskStatus,
@@ -183,6 +184,36 @@ class EchoServer:
         self._accept_scope: CancelScope | None = None
         self._connections_scope: CancelScope | None = None
         self._stop_requested: float | None = None
+        self._listening: anyio.Event | None = None
+        self._draining: anyio.Event | None = None
+
+    def _listening_event(self) -> anyio.Event:
+        if self._listening is None:
+            self._listening = anyio.Event()
+        return self._listening
+
+    def _draining_event(self) -> anyio.Event:
+        if self._draining is None:
+            self._draining = anyio.Event()
+        return self._draining
+
+    async def wait_listening(self) -> list[ListenAddress]:
+        """Wait until :meth:`serve` listens, and return its addresses.
+
+        The readiness signal for callers that start :meth:`serve` as a plain task
+        (``asyncio.create_task``, a Trio nursery's ``start_soon``) rather than with
+        ``task_group.start``.
+        """
+        await self._listening_event().wait()
+        return list(self.addresses)
+
+    async def wait_draining(self) -> None:
+        """Wait until a stop has closed the listeners (connections may remain).
+
+        From then on new connections are refused, while open ones finish within
+        the grace period given to :meth:`stop`.
+        """
+        await self._draining_event().wait()
 
     @property
     def stats(self) -> StatsSnapshot:
@@ -239,6 +270,7 @@ class EchoServer:
                     if self._stop_requested is not None:
                         self._accept_scope.cancel()
                     task_status.started(list(self.addresses))
+                    self._listening_event().set()
                     async with create_task_group() as acceptors:
                         for listener in listeners:
                             acceptors.start_soon(
@@ -247,6 +279,7 @@ class EchoServer:
                 # Stopping: no new connections; the listening sockets close now.
                 await stack.aclose()
                 self._drain(connections)
+                self._draining_event().set()
             self._connections_scope = None
         logger.info("server stopped: %s", self.stats.summary())
 
@@ -263,11 +296,11 @@ class EchoServer:
             )
         connections.cancel_scope.deadline = anyio.current_time() + grace
 
-    async def _open_listeners(self, stack: AsyncExitStack) -> list[Listener[Any]]:
+    async def _open_listeners(self, stack: AsyncExitStack) -> list[SocketListener]:
         config = self.config
         hosts: tuple[str | None, ...] = config.hosts or (None,)
         port = config.port
-        listeners: list[Listener[Any]] = []
+        listeners: list[SocketListener] = []
         for host in hosts:
             try:
                 multi = await anyio.create_tcp_listener(
@@ -276,15 +309,17 @@ class EchoServer:
             except OSError as exc:
                 raise _listen_error(exc, host, port) from None
             stack.push_async_callback(multi.aclose)
-            listeners.extend(multi.listeners)
+            listeners.extend(cast(Sequence[SocketListener], multi.listeners))
             if port == 0:  # every further host gets the port the first one got
                 port = ListenAddress.of_listener(multi.listeners[0]).port
         return listeners
 
-    async def _accept_loop(self, listener: Listener[Any], connections: TaskGroup) -> None:
+    async def _accept_loop(
+        self, listener: SocketListener, connections: TaskGroup
+    ) -> None:
         # Listener.serve() would end the server on the first accept error; this
         # loop logs them, pauses on resource exhaustion, and carries on.
-        accept = listener.accept  # type: ignore[attr-defined]
+        accept = listener.accept
         handle = self._handle
         while True:
             try:
@@ -379,4 +414,3 @@ async def serve(
         anyio.run(functools.partial(anyecho.serve, port=8888), backend="trio")
     """
     await EchoServer(config, **options).serve(task_status=task_status)
-

@@ -202,7 +202,7 @@ def configure_logging(level: str, fmt: str) -> None:
 
 def fail(message: str, status: int = EXIT_FAILURE) -> int:
     """Print ``anyecho: error: MESSAGE`` on stderr and return ``status``."""
-    print(f"anyecho: error: {message}", file=sys.stderr)
+    sys.stderr.write(f"anyecho: error: {message}\n")
     return status
 
 

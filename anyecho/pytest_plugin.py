@@ -1,0 +1,3 @@
+"""pytest plugin: fixtures that serve anyecho in-process (see :mod:`anyecho.testing`)."""
+
+from __future__ import annotations

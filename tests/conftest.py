@@ -1,0 +1,93 @@
+"""Every async test runs on asyncio, asyncio+uvloop and Trio.
+
+``pytest --backend trio`` (repeatable) narrows the run to some backends; that is how
+the nox sessions split the matrix. A backend whose package is missing is skipped
+locally but fails under ``CI=true``: CI must never pass by running less.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from anyecho import EchoServer, ListenAddress
+
+BACKEND_NAMES = ("asyncio", "uvloop", "trio")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        action="append",
+        choices=BACKEND_NAMES,
+        help="run the backend-parameterized tests on this backend only (repeatable)",
+    )
+    parser.addoption(
+        "--backend-tests-only",
+        action="store_true",
+        help="skip the tests that do not depend on the backend",
+    )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    wanted = config.getoption("--backend") or BACKEND_NAMES
+    generic = not config.getoption("--backend-tests-only")
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend_name") if callspec else None
+        keep = name in wanted if name is not None else generic
+        (selected if keep else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def require_module(module: str, backend: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        message = f"backend {backend!r} needs {module!r}, which is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module", params=BACKEND_NAMES)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The ``anyecho serve --backend`` name under test."""
+    name: str = request.param
+    if name != "asyncio":
+        require_module(name, name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def anyio_backend(backend_name: str) -> tuple[str, dict[str, Any]]:
+    if backend_name == "uvloop":
+        import uvloop
+
+        return ("asyncio", {"loop_factory": uvloop.new_event_loop})
+    return (backend_name, {})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[EchoServer]:
+    """An anyecho server on 127.0.0.1, a free port, on the test's backend."""
+    server = EchoServer(host="127.0.0.1", port=0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        yield server
+        server.stop(0)
+
+
+@pytest.fixture
+def address(server: EchoServer) -> ListenAddress:
+    """The first address the ``server`` fixture listens on."""
+    return server.addresses[0]

@@ -1,0 +1,428 @@
+"""The TCP server over real loopback sockets, on every backend."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import anyio
+import pytest
+from anyio import BrokenResourceError, EndOfStream
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
+from anyio.streams.stapled import MultiListener
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import anyecho
+from anyecho import EchoServer, ListenAddress, ListenError, ServerConfig
+
+from .utils import TIMEOUT, connect, exchange, random_bytes, receive_all
+
+pytestmark = pytest.mark.anyio
+
+
+def has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 64 * 1024, 16 * 1024 * 1024], ids=["0B", "1B", "64KiB", "16MiB"]
+)
+async def test_payload_echoed_exactly(address: ListenAddress, size: int) -> None:
+    payload = random_bytes(size)
+    with anyio.fail_after(TIMEOUT):
+        async with await connect(address) as stream:
+            assert await exchange(stream, payload) == payload
+
+
+async def test_many_concurrent_clients(address: ListenAddress) -> None:
+    clients = 200
+    payloads = [
+        random_bytes(1 + int.from_bytes(os.urandom(2), "big")) for _ in range(clients)
+    ]
+    results: dict[int, bytes] = {}
+    # Every client is connected before any sends, so all 200 are open at once.
+    connected = anyio.Event()
+    count = 0
+
+    async def client(index: int) -> None:
+        nonlocal count
+        async with await connect(address) as stream:
+            count += 1
+            if count == clients:
+                connected.set()
+            await connected.wait()
+            results[index] = await exchange(stream, payloads[index], chunk=1000)
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            for index in range(clients):
+                tg.start_soon(client, index)
+    assert len(results) == clients
+    for index, payload in enumerate(payloads):
+        assert results[index] == payload, f"client {index} got another echo"
+
+
+async def test_half_close_gets_everything_then_eof(address: ListenAddress) -> None:
+    """The client sends, then shuts down its write side; the echo still flows."""
+    payload = random_bytes(3 * 1024 * 1024)
+    with anyio.fail_after(TIMEOUT):
+        async with await connect(address) as stream:
+            async with anyio.create_task_group() as tg:
+                echoed = bytearray()
+
+                async def read() -> None:
+                    echoed.extend(await receive_all(stream))
+
+                tg.start_soon(read)
+                await stream.send(payload)
+                await stream.send_eof()
+            assert echoed == payload
+            # Both directions are now closed: receiving again reports the end.
+            with pytest.raises(EndOfStream):
+                await stream.receive()
+
+
+async def test_server_closes_after_immediate_eof(address: ListenAddress) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with await connect(address) as stream:
+            await stream.send_eof()
+            assert await receive_all(stream) == b""
+
+
+def reset(stream: SocketStream) -> None:
+    """Close ``stream``'s socket with an RST instead of a FIN."""
+    raw = stream.extra(SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_client_reset_does_not_disturb_others(
+    server: EchoServer, address: ListenAddress
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with await connect(address) as steady:
+            await steady.send(b"before")
+            assert await steady.receive() == b"before"
+
+            # A client that resets while the server is busy sending to it.
+            victim = await anyio.connect_tcp(address.host or "", address.port)
+            await victim.send(random_bytes(4 * 1024 * 1024))
+            reset(victim)
+            await victim.aclose()
+
+            # A client that resets right after connecting.
+            quick = await anyio.connect_tcp(address.host or "", address.port)
+            reset(quick)
+            await quick.aclose()
+
+            await steady.send(b"after")
+            assert await steady.receive() == b"after"
+            payload = random_bytes(100_000)
+            async with await connect(address) as fresh:
+                assert await exchange(fresh, payload) == payload
+    # Accepts are first in, first out: with ``fresh`` served, all four were.
+    assert server.stats.total_connections == 4
+
+
+async def test_port_zero_reports_real_port() -> None:
+    server = EchoServer(host="127.0.0.1", port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve)
+            assert addresses == server.addresses
+            [address] = addresses
+            assert address.transport == "tcp"
+            assert address.host == "127.0.0.1"
+            assert address.port != 0
+            assert str(address) == f"tcp://127.0.0.1:{address.port}"
+            # Ready means accepting: connect at once, no retries.
+            async with await connect(address) as stream:
+                assert await exchange(stream, b"ready") == b"ready"
+            server.stop()
+
+
+@needs_ipv6
+async def test_ipv6_loopback() -> None:
+    server = EchoServer(host="::1", port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            assert address.host == "::1"
+            assert str(address) == f"tcp://[::1]:{address.port}"
+            async with await anyio.connect_tcp("::1", address.port) as stream:
+                assert await exchange(stream, b"over v6") == b"over v6"
+            server.stop()
+
+
+@needs_ipv6
+async def test_no_host_is_dual_stack() -> None:
+    server = EchoServer(port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve)
+            port = addresses[0].port
+            for host in ("127.0.0.1", "::1"):
+                async with await anyio.connect_tcp(host, port) as stream:
+                    assert await exchange(stream, host.encode()) == host.encode()
+            server.stop()
+
+
+@needs_ipv6
+async def test_several_hosts_share_one_free_port() -> None:
+    server = EchoServer(host=["127.0.0.1", "::1"], port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve)
+            assert [a.host for a in addresses] == ["127.0.0.1", "::1"]
+            assert len({a.port for a in addresses}) == 1
+            for address in addresses:
+                async with await connect(address) as stream:
+                    assert await exchange(stream, b"both") == b"both"
+            server.stop()
+
+
+async def test_port_in_use_is_a_clear_error(address: ListenAddress) -> None:
+    server = EchoServer(host="127.0.0.1", port=address.port)
+    with pytest.raises(ListenError) as info:
+        await server.serve()
+    assert info.value.errno == errno.EADDRINUSE
+    assert str(info.value).startswith(f"cannot listen on 127.0.0.1:{address.port}: ")
+
+
+async def test_handler_error_ends_that_connection_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BoomError(Exception):
+        pass
+
+    class FailOnMagic(ByteStream):
+        """Raises inside the handler when it sees b"boom"."""
+
+        def __init__(self, stream: ByteStream) -> None:
+            self.stream = stream
+
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            data = await self.stream.receive(max_bytes)
+            if data == b"boom":
+                raise BoomError
+            return data
+
+        async def send(self, item: bytes) -> None:
+            await self.stream.send(item)
+
+        async def send_eof(self) -> None:
+            await self.stream.send_eof()
+
+        async def aclose(self) -> None:
+            await self.stream.aclose()
+
+        @property
+        def extra_attributes(self) -> Any:
+            return self.stream.extra_attributes
+
+    server = EchoServer(host="127.0.0.1", port=0, wrap_stream=FailOnMagic)
+    caplog.set_level(logging.ERROR, logger="anyecho")
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            async with await connect(address) as steady:
+                await steady.send(b"hi")
+                assert await steady.receive() == b"hi"
+                async with await connect(address) as doomed:
+                    await doomed.send(b"boom")
+                    # The server closes the failing connection: EOF or reset.
+                    with contextlib.suppress(BrokenResourceError):
+                        assert await receive_all(doomed) == b""
+                await steady.send(b"still here")
+                assert await steady.receive() == b"still here"
+            server.stop()
+    assert server.stats.errors["handler"] == 1
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert "handler failed" in record.getMessage()
+    assert record.exc_info is not None
+    assert record.exc_info[0] is BoomError
+
+
+class FlakyListener(SocketListener):
+    """A real listener whose first accepts fail the way each backend reports."""
+
+    def __init__(self, inner: SocketListener, failures: list[BaseException]) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    async def accept(self) -> SocketStream:
+        if self.failures:
+            raise self.failures.pop(0)
+        return await self.inner.accept()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self.inner.extra(SocketAttribute.raw_socket)
+
+
+def exhaustion(code: int) -> list[BaseException]:
+    """The same errno as asyncio raises it and as AnyIO-on-Trio raises it."""
+    wrapped = BrokenResourceError()
+    wrapped.__cause__ = OSError(code, os.strerror(code))
+    return [OSError(code, os.strerror(code)), wrapped]
+
+
+async def test_accept_errors_are_logged_and_retried(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = [
+        *exhaustion(errno.EMFILE),
+        *exhaustion(errno.ENFILE),
+        *exhaustion(errno.ENOBUFS),
+        *exhaustion(errno.ENOMEM),
+        OSError(errno.ECONNABORTED, "Software caused connection abort"),
+    ]
+    expected = len(failures)
+    real_create = anyio.create_tcp_listener
+
+    async def flaky_create(**kwargs: Any) -> MultiListener[SocketStream]:
+        multi = await real_create(**kwargs)
+        [inner] = multi.listeners
+        assert isinstance(inner, SocketListener)
+        return MultiListener([FlakyListener(inner, failures)])
+
+    monkeypatch.setattr(anyio, "create_tcp_listener", flaky_create)
+    monkeypatch.setattr(anyecho._server, "ACCEPT_BACKOFF", 0.001)
+    caplog.set_level(logging.DEBUG, logger="anyecho")
+    server = EchoServer(host="127.0.0.1", port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            async with await connect(address) as stream:
+                assert await exchange(stream, b"survived") == b"survived"
+            server.stop()
+    assert not failures
+    assert server.stats.errors["accept"] == expected
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == expected - 1  # ECONNABORTED is one client's, not ours
+    assert any("Too many open files" in w for w in warnings)
+
+
+async def test_stop_lets_a_transfer_finish() -> None:
+    server = EchoServer(host="127.0.0.1", port=0)
+    payload = random_bytes(2 * 1024 * 1024)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            async with await connect(address) as stream:
+                await stream.send(b"x")
+                assert await stream.receive() == b"x"
+                server.stop(grace=TIMEOUT)
+                await server.wait_draining()
+                # Stopped accepting: new connections are refused...
+                with pytest.raises(OSError, match="connection"):
+                    await connect(address)
+                # ...but the open one is served to the end.
+                assert await exchange(stream, payload) == payload
+    assert server.stats.active_connections == 0
+
+
+async def test_stop_zero_closes_connections_now() -> None:
+    server = EchoServer(host="127.0.0.1", port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            async with await connect(address) as stream:
+                await stream.send(b"x")
+                assert await stream.receive() == b"x"
+                server.stop(0)
+                with contextlib.suppress(BrokenResourceError):
+                    assert await receive_all(stream) == b""
+
+
+async def test_wait_listening_for_plain_tasks() -> None:
+    server = EchoServer(host="127.0.0.1", port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            [address] = await server.wait_listening()
+            async with await connect(address) as stream:
+                assert await exchange(stream, b"ok") == b"ok"
+            server.stop()
+
+
+async def test_serve_function_with_task_group_start() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(partial(anyecho.serve, host="127.0.0.1", port=0))
+            async with await connect(address) as stream:
+                assert await exchange(stream, b"fn") == b"fn"
+            tg.cancel_scope.cancel()
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="invalid port 70000"):
+        ServerConfig(port=70000)
+    with pytest.raises(ValueError, match="invalid port True"):
+        ServerConfig(port=True)
+    with pytest.raises(ValueError, match="invalid host"):
+        ServerConfig(host="")
+    with pytest.raises(ValueError, match="receive_size"):
+        ServerConfig(receive_size=0)
+    with pytest.raises(TypeError):
+        EchoServer(no_such_option=1)
+
+
+@pytest.fixture(scope="module")
+async def shared_address(anyio_backend: Any) -> AsyncIterator[ListenAddress]:
+    server = EchoServer(host="127.0.0.1", port=0)
+    async with anyio.create_task_group() as tg:
+        [address] = await tg.start(server.serve)
+        yield address
+        server.stop(0)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    payload=st.binary(min_size=0, max_size=200_000),
+    cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=20),
+)
+async def test_property_tcp_chunks_round_trip(
+    shared_address: ListenAddress, payload: bytes, cuts: list[int]
+) -> None:
+    """Random payloads, cut at random places and sent piecewise, come back whole."""
+    bounds = sorted({0, len(payload), *(c for c in cuts if c <= len(payload))})
+    pieces = [payload[a:b] for a, b in itertools.pairwise(bounds)]
+    with anyio.fail_after(TIMEOUT):
+        async with await connect(shared_address) as stream:
+            echoed = bytearray()
+
+            async def read() -> None:
+                echoed.extend(await receive_all(stream))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                for piece in pieces:
+                    await stream.send(piece)
+                await stream.send_eof()
+    assert echoed == payload
