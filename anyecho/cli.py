@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -24,6 +25,7 @@ if sys.version_info < (3, 11):
 from . import __version__
 from ._backends import BACKEND_NAMES, Backend, BackendUnavailableError, resolve_backend
 from ._config import DEFAULT_PORT, ServerConfig
+from ._echo import RECEIVE_SIZE
 from ._server import EchoServer
 
 __all__ = ["build_parser", "main"]
@@ -54,6 +56,21 @@ def port_number(text: str) -> int:
             f"invalid port {text!r}: expected an integer from 0 to 65535"
         )
     return port
+
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def byte_count(text: str) -> int:
+    """Parse a positive byte count with an optional k/M/G (binary) suffix."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: expected a positive number of bytes "
+            "(suffixes k, M, G)"
+        )
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -139,6 +156,13 @@ def _add_serve_parser(subparsers: Any) -> None:
         default=5.0,
         metavar="SECONDS",
         help="on stop, how long open connections may finish (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--receive-size",
+        type=byte_count,
+        default=RECEIVE_SIZE,
+        metavar="BYTES",
+        help="most bytes read per receive, e.g. 65536 or 256k (default: %(default)s)",
     )
     add_logging_arguments(parser)
     parser.set_defaults(command=_serve_command)
@@ -250,6 +274,7 @@ def _serve_command(args: argparse.Namespace) -> int:
             host=_hosts(args.host),
             port=args.port,
             drain_timeout=args.drain_timeout,
+            receive_size=args.receive_size,
         )
     except (BackendUnavailableError, ValueError) as exc:
         return fail(str(exc), EXIT_USAGE)
