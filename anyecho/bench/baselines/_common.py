@@ -1,0 +1,75 @@
+"""What the baseline servers share: their command line, ready line and loop setup."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from anyecho import Backend, BackendUnavailableError, resolve_backend
+
+__all__ = ["ASYNCIO_LOOPS", "HOST", "announce", "parser", "resolve_loop", "run_asyncio"]
+
+#: Baselines listen on loopback only.
+HOST = "127.0.0.1"
+
+#: What ``--loop`` accepts in the asyncio baselines.
+ASYNCIO_LOOPS = "asyncio, uvloop or asyncio:MODULE:FACTORY"
+
+
+def parser(
+    name: str, description: str, *, loops: str | None
+) -> argparse.ArgumentParser:
+    """A parser with ``--port`` and, when ``loops`` names the choices, ``--loop``."""
+    result = argparse.ArgumentParser(
+        prog=f"python -m anyecho.bench.baselines.{name}", description=description
+    )
+    result.add_argument(
+        "--port", type=int, default=0, help="TCP port; 0 picks a free one (default)"
+    )
+    if loops is not None:
+        result.add_argument(
+            "--loop",
+            default="asyncio",
+            metavar="LOOP",
+            help=f"event loop: {loops} (default: %(default)s)",
+        )
+    return result
+
+
+def resolve_loop(
+    parser: argparse.ArgumentParser, name: str, *, asyncio_only: bool
+) -> Backend:
+    """The backend for ``--loop``; exits through ``parser`` if it cannot run."""
+    try:
+        backend = resolve_backend(name)
+    except BackendUnavailableError as exc:
+        parser.error(str(exc))
+    if asyncio_only and backend.anyio_backend != "asyncio":
+        parser.error(f"--loop {name}: this baseline needs an asyncio loop")
+    return backend
+
+
+def announce(port: int, baseline: str, loop: str) -> None:
+    """Print the ready line that tells the benchmark where the server listens."""
+    line = f"serving echo on tcp://{HOST}:{port} (baseline {baseline}, loop {loop})"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def run_asyncio(
+    main: Callable[[], Coroutine[Any, Any, None]], backend: Backend
+) -> None:
+    """Run ``main()`` on a new loop of ``backend`` until it returns or Ctrl-C."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = backend.options.get(
+        "loop_factory", asyncio.new_event_loop
+    )
+    loop = factory()
+    try:
+        loop.run_until_complete(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.close()

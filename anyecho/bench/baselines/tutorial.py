@@ -1,0 +1,50 @@
+"""The echo server of the asyncio tutorial: streams, ``read``, ``write``, ``drain``.
+
+It reads up to 64 KiB at a time (the stream reader's default buffer limit), writes
+each chunk back and waits for the write buffer to drain; at the client's end of
+stream it closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ._common import ASYNCIO_LOOPS, HOST, announce, parser, resolve_loop, run_asyncio
+
+#: Bytes asked for per ``reader.read()``.
+READ_SIZE = 64 * 1024
+
+
+async def handle_client(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Echo one connection until the client ends its side."""
+    try:
+        while data := await reader.read(READ_SIZE):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def serve(port: int, loop_name: str) -> None:
+    """Serve until cancelled."""
+    server = await asyncio.start_server(handle_client, HOST, port)
+    announce(server.sockets[0].getsockname()[1], "tutorial", loop_name)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    """``python -m anyecho.bench.baselines.tutorial``."""
+    description = "The asyncio tutorial's echo server (streams, read, write, drain)."
+    cli = parser("tutorial", description, loops=ASYNCIO_LOOPS)
+    args = cli.parse_args()
+    backend = resolve_loop(cli, args.loop, asyncio_only=True)
+    run_asyncio(lambda: serve(args.port, backend.name), backend)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""``anyecho bench``: measure anyecho against reference echo servers.
+
+This module imports only the standard library when loaded: the rest of the
+benchmark, and ``rich`` and ``matplotlib`` (the ``bench`` extra), are imported when
+the command runs. Without the extra, the table, JSON and Markdown outputs still
+work; the progress bar becomes plain lines, and ``--plot`` is refused.
+
+Exit status: 0 when every run succeeded, 1 when a server failed a run (or none
+could run, or a load generator failed), 2 for a bad command line, 130 when
+interrupted (Ctrl-C or SIGTERM: the outputs then hold the runs done so far).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import Settings
+    from .report import Report
+
+__all__ = ["add_parser"]
+
+#: The one line printed when an option needs the ``bench`` extra.
+EXTRA_NEEDED = "anyecho bench needs the bench extra: pip install 'anyecho[bench]'"
+
+#: Exit status after an interruption (as a shell reports SIGINT).
+EXIT_INTERRUPTED = 130
+
+#: The plot formats, by file suffix.
+PLOT_SUFFIXES = (".png", ".svg")
+
+#: What ``--plot-metric`` accepts: the keys of ``render.METRICS``, repeated here so
+#: that building the parser imports nothing beyond the standard library.
+PLOT_METRICS = ("echoes_per_s", "mib_per_s", "cpu_us_per_echo", "p99_us")
+
+
+def _csv(parse: Callable[[str], int], what: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type for a comma-separated list of positive integers."""
+
+    def parse_list(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(dict.fromkeys(parse(item) for item in text.split(",")))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected >= 1")
+        return values
+
+    return parse_list
+
+
+def _count(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ValueError(f"invalid count {text!r}: expected an integer") from None
+
+
+def _size(text: str) -> int:
+    from ._units import parse_size
+
+    return parse_size(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = _count(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a positive integer"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected a number of seconds >= 0"
+        )
+    return value
+
+
+def _server_names(text: str) -> tuple[str, ...]:
+    from .servers import registry
+
+    known = registry()
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown server {', '.join(unknown) or text!r} (choose from "
+            f"{', '.join(known)}; see --list-servers)"
+        )
+    return names
+
+
+def _plot_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"invalid plot file {text!r}: expected a name ending in .png or .svg"
+        )
+    return path
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``bench`` command to ``anyecho``'s subcommands."""
+    from ..cli import positive_float
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench",
+        help="benchmark anyecho against reference echo servers",
+        description="Start each server in its own process, drive it from load "
+        "generator processes on other CPUs, verify every echoed byte, and report "
+        "echoes/s, MiB/s, round-trip latency and server CPU time per echo, side by "
+        "side. Runs of different servers alternate, and each figure is the median "
+        "over --repeat runs.",
+    )
+    what = parser.add_argument_group("what to measure")
+    what.add_argument(
+        "--servers",
+        type=_server_names,
+        metavar="NAME,...",
+        help="the servers to run, in report order (default: every one listed by "
+        "--list-servers that is not hidden)",
+    )
+    what.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="the server that ratios compare against (default: tutorial, if run, "
+        "else the first server)",
+    )
+    what.add_argument(
+        "--sizes",
+        type=_csv(_size, "size"),
+        default="64,1k,64k,1m",
+        metavar="SIZE,...",
+        help="message sizes in bytes; k and m mean KiB and MiB (default: %(default)s)",
+    )
+    what.add_argument(
+        "--connections",
+        type=_csv(_count, "connection count"),
+        default="1,50",
+        metavar="N,...",
+        help="numbers of concurrent connections (default: %(default)s)",
+    )
+    what.add_argument(
+        "--pipeline",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="messages in flight per connection; 1 is ping-pong (default: %(default)s)",
+    )
+    how = parser.add_argument_group("how to measure")
+    how.add_argument(
+        "--duration",
+        type=positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="time measured per run (default: %(default)s)",
+    )
+    how.add_argument(
+        "--warmup",
+        type=_seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="time run before each measurement, not counted (default: %(default)s)",
+    )
+    how.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="runs per server and workload (default: %(default)s)",
+    )
+    how.add_argument(
+        "--clients",
+        type=_positive_int,
+        metavar="N",
+        help="load generator processes (default: one per CPU besides the server's, "
+        "as many as the connections need)",
+    )
+    how.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the server and the load generators to separate CPUs",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--json", type=Path, metavar="FILE", help="write every figure to FILE as JSON"
+    )
+    out.add_argument(
+        "--markdown",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write a Markdown table to FILE, or without FILE print it instead of "
+        "the terminal table",
+    )
+    out.add_argument(
+        "--plot",
+        type=_plot_path,
+        metavar="FILE",
+        help="draw a bar chart into FILE (.png or .svg; needs the bench extra)",
+    )
+    out.add_argument(
+        "--plot-metric",
+        choices=PLOT_METRICS,
+        default="echoes_per_s",
+        help="the figure to chart (default: %(default)s)",
+    )
+    out.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="do not run: print (and write, and plot) the report saved in FILE",
+    )
+    out.add_argument(
+        "--list-servers", action="store_true", help="list the servers and exit"
+    )
+    out.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress output while running"
+    )
+    parser.set_defaults(command=_bench_command)
+
+
+def _bench_command(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_USAGE, fail
+
+    if args.list_servers:
+        return _list_servers()
+    problem = _usage_problem(args)
+    if problem is not None:
+        return fail(problem, EXIT_USAGE)
+    report = _report(args)
+    if isinstance(report, int):
+        return report
+    return _finish(report, args)
+
+
+def _report(args: argparse.Namespace) -> Report | int:
+    """The report to print: read from ``--from-json``, or made by running."""
+    from ..cli import EXIT_USAGE, fail
+
+    if args.from_json is None:
+        return _run(_settings(args), quiet=args.quiet)
+    try:
+        return _load(args.from_json)
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot read {args.from_json}: {exc}", EXIT_USAGE)
+
+
+def _finish(report: Report, args: argparse.Namespace) -> int:
+    """Write the outputs; the exit status that the report calls for."""
+    from ..cli import EXIT_FAILURE, fail
+
+    try:
+        _write_outputs(report, args)
+    except OSError as exc:
+        return fail(f"cannot write the report: {exc}")
+    if not report["complete"]:
+        return EXIT_INTERRUPTED
+    ran_ok = report["runs"] and all(run["ok"] for run in report["runs"])
+    return 0 if ran_ok else EXIT_FAILURE
+
+
+def _list_servers() -> int:
+    from .servers import registry
+
+    for spec in registry().values():
+        state = spec.unavailable() or ("hidden" if spec.hidden else "")
+        sys.stdout.write(f"{spec.name:18} {spec.description}")
+        sys.stdout.write(f" [{state}]\n" if state else "\n")
+    return 0
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with options that argparse cannot check alone, if anything.
+
+    Output files are checked now rather than after a long run.
+    """
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        return EXTRA_NEEDED
+    if args.baseline is not None and args.baseline not in _servers(args):
+        return f"--baseline {args.baseline} is not among the servers run"
+    paths = [args.json, args.plot]
+    if args.markdown not in {None, "-"}:
+        paths.append(Path(args.markdown))
+    for path in paths:
+        if path is not None and not path.resolve().parent.is_dir():
+            return f"cannot write {path}: no such directory"
+    return None
+
+
+def _servers(args: argparse.Namespace) -> tuple[str, ...]:
+    from .servers import registry
+
+    if args.servers:
+        servers: tuple[str, ...] = args.servers
+        return servers
+    return tuple(name for name, spec in registry().items() if not spec.hidden)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from .plan import Settings
+
+    servers = _servers(args)
+    baseline = args.baseline
+    if baseline is None:
+        baseline = "tutorial" if "tutorial" in servers else servers[0]
+    return Settings(
+        servers=servers,
+        baseline=baseline,
+        sizes=args.sizes,
+        connections=args.connections,
+        pipeline=args.pipeline,
+        duration=args.duration,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        clients=args.clients,
+        pin=args.pin,
+    )
+
+
+def _run(settings: Settings, *, quiet: bool) -> Report | int:
+    """Run the benchmark; its report, or an exit status if it could not finish."""
+    from ..cli import EXIT_FAILURE, fail
+    from .progress import choose
+    from .runner import LoadGeneratorError, run_bench
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run_bench(settings, choose(quiet=quiet))
+    except LoadGeneratorError as exc:
+        return fail(str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return fail("interrupted", EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _load(path: Path) -> Report:
+    from .report import SCHEMA
+
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise ValueError(f"not an {SCHEMA} report")
+    report: Report = document  # type: ignore[assignment]
+    return report
+
+
+def _write_outputs(report: Report, args: argparse.Namespace) -> None:
+    from . import render
+
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown == "-":
+        sys.stdout.write(render.markdown(report))
+    else:
+        _print_table(report)
+        if args.markdown is not None:
+            Path(args.markdown).write_text(render.markdown(report))
+    if args.plot is not None:
+        render.plot(report, args.plot, args.plot_metric)
+
+
+def _print_table(report: Report) -> None:
+    """A rich table on a terminal wide enough for it, plain text otherwise."""
+    from . import render
+
+    if sys.stdout.isatty() and importlib.util.find_spec("rich") is not None:
+        from rich.console import Console
+
+        console = Console()
+        table = render.rich_table(report)
+        if console.measure(table).maximum <= console.width:
+            console.print(table)
+            return
+    sys.stdout.write(render.text(report))

@@ -1,0 +1,263 @@
+"""The servers the benchmark knows, and how to start one and tell that it works.
+
+Every server is a separate process that listens on 127.0.0.1 on a free port and
+writes a line holding ``tcp://127.0.0.1:PORT`` once it accepts connections:
+anyecho itself (``anyecho serve``) on each backend, and the reference servers of
+:mod:`anyecho.bench.baselines`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from anyecho import BackendUnavailableError, resolve_backend
+
+from . import _proc
+
+__all__ = ["ServerError", "ServerProcess", "ServerSpec", "registry"]
+
+#: How long a server may take to start listening (seconds).
+START_TIMEOUT = 30.0
+#: How long the check echo may take (seconds).
+CHECK_TIMEOUT = 5.0
+#: What the check sends.
+CHECK_DATA = b"anyecho bench: does this come back?\n"
+
+_READY = re.compile(r"tcp://127\.0\.0\.1:(\d+)")
+_ERROR_LINE = re.compile(r"^[\s|+]*((?:\w+\.)*\w+(?:Error|Exception|Exit)\b.*)$")
+_FRAME_LINE = re.compile(r'^[\s|+]*File ".*", line \d+, in (\S+)')
+
+#: Bytes that the faulty servers echo correctly on each connection first: a few
+#: hundred small messages, so that even a short run hits the fault.
+FAULT_AFTER = 10_000
+
+#: Asyncio loops besides the stock one and uvloop that the benchmark tries when
+#: their package is installed: module name and loop factory.
+EXTRA_LOOPS = {"rloop": "new_event_loop", "winloop": "new_event_loop"}
+
+
+class ServerError(Exception):
+    """A server could not start, did not echo, or died; ``str()`` says why."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A server the benchmark can run.
+
+    :param name: what ``--servers`` calls it
+    :param description: one line for listings
+    :param module: the module that ``python -m`` runs
+    :param args: its arguments (``--port 0`` is added)
+    :param backend: the loop it runs on, as :func:`anyecho.resolve_backend` names it
+    :param hidden: left out unless asked for by name (the faulty servers)
+    """
+
+    name: str
+    description: str
+    module: str
+    args: tuple[str, ...]
+    backend: str
+    hidden: bool = False
+
+    @property
+    def command(self) -> list[str]:
+        """The command line that starts it."""
+        return _proc.python_command(self.module, *self.args, "--port", "0")
+
+    def unavailable(self) -> str | None:
+        """Why it cannot run here (a package is missing), or ``None``."""
+        try:
+            resolve_backend(self.backend)
+        except BackendUnavailableError as exc:
+            return str(exc)
+        return None
+
+
+def _asyncio_loops() -> dict[str, str]:
+    """Short loop names mapped to backend names, for every asyncio loop to try."""
+    loops = {"asyncio": "asyncio", "uvloop": "uvloop"}
+    for module, factory in EXTRA_LOOPS.items():
+        if importlib.util.find_spec(module) is not None:
+            loops[module] = f"asyncio:{module}:{factory}"
+    return loops
+
+
+def registry() -> dict[str, ServerSpec]:
+    """Every server by name, in the order reports list them."""
+    asyncio_loops = _asyncio_loops()
+    anyio_loops = {**asyncio_loops, "trio": "trio"}
+    base = "anyecho.bench.baselines."
+    specs = [
+        ServerSpec(
+            f"anyecho-{loop}",
+            f"anyecho serve --backend {backend}",
+            "anyecho",
+            (
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--backend",
+                backend,
+                "--log-level",
+                "info",
+            ),
+            backend,
+        )
+        for loop, backend in anyio_loops.items()
+    ]
+    specs.append(
+        ServerSpec(
+            "tutorial",
+            "asyncio tutorial: start_server, read/write/drain",
+            base + "tutorial",
+            (),
+            "asyncio",
+        )
+    )
+    specs += [
+        ServerSpec(
+            f"protocol-{loop}",
+            f"bare asyncio.Protocol on {loop}",
+            base + "protocol",
+            ("--loop", backend),
+            backend,
+        )
+        for loop, backend in asyncio_loops.items()
+    ]
+    specs.append(
+        ServerSpec(
+            "trio-raw", "Trio alone: serve_tcp, send_all", base + "trio_raw", (), "trio"
+        )
+    )
+    specs += [
+        ServerSpec(
+            f"anyio-{loop}",
+            f"idiomatic AnyIO: listener.serve, async for, on {loop}",
+            base + "anyio_bare",
+            ("--loop", backend),
+            backend,
+        )
+        for loop, backend in anyio_loops.items()
+    ]
+    specs += [
+        ServerSpec(
+            name,
+            f"faulty on purpose: {what} after {FAULT_AFTER // 1000} kB",
+            base + "broken",
+            ("--fault", fault, "--after", str(FAULT_AFTER)),
+            "asyncio",
+            hidden=True,
+        )
+        for name, fault, what in (
+            ("broken", "flip", "flips a byte"),
+            ("broken-drop", "drop", "drops a byte"),
+            ("broken-die", "die", "exits"),
+        )
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+class ServerProcess:
+    """One running server: its process, its port, and what it last wrote.
+
+    :param spec: the server
+    :param cpus: the CPUs to pin it to, or ``None``
+    """
+
+    def __init__(self, spec: ServerSpec, cpus: Collection[int] | None) -> None:
+        self.spec = spec
+        self.port = 0
+        self._process = _proc.spawn(spec.command, cpus, merge_stderr=True)
+        assert self._process.stdout is not None
+        self._output = _proc.LineReader(self._process.stdout)
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self._process.pid
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait for the ready line, learning the port.
+
+        :raises ServerError: when the server exits or stays silent instead
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._output.get(deadline - time.monotonic())
+            except TimeoutError:
+                raise ServerError(f"not listening after {timeout:g}s") from None
+            if line is None:
+                self._settle()
+                raise ServerError(self.exit_reason() or "the server closed its output")
+            if match := _READY.search(line):
+                self.port = int(match[1])
+                return
+
+    def check(self) -> None:
+        """Echo a few bytes through the server and close, as a client would.
+
+        :raises ServerError: when that fails, saying why
+        """
+        address = ("127.0.0.1", self.port)
+        try:
+            with socket.create_connection(address, CHECK_TIMEOUT) as sock:
+                sock.sendall(CHECK_DATA)
+                sock.shutdown(socket.SHUT_WR)
+                echoed = b""
+                while chunk := sock.recv(4096):
+                    echoed += chunk
+        except OSError as exc:
+            raise ServerError(self._failure(f"check echo failed: {exc}")) from None
+        if echoed != CHECK_DATA:
+            raise ServerError(self._failure(f"check echo returned {echoed!r}"))
+
+    def exit_reason(self) -> str | None:
+        """Why the process ended (status and error), or ``None`` while it runs."""
+        status = self._process.poll()
+        if status is None:
+            return None
+        self._output.join(1.0)
+        reason = f"the server exited with status {status}"
+        lines = [
+            line.strip()
+            for line in self._output.tail
+            if line.strip() and not _READY.search(line)
+        ]
+        error = describe_error(lines) or (lines[-1] if lines else None)
+        return f"{reason}: {error}" if error else reason
+
+    def _settle(self) -> None:
+        """Give a server that is failing a moment to exit, to name the cause."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(1.0)
+
+    def _failure(self, what: str) -> str:
+        self._settle()
+        reason = self.exit_reason()
+        if reason is not None:
+            return f"{what}; {reason}"
+        error = describe_error(list(self._output.tail))
+        return f"{what}; the server said: {error}" if error else what
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        _proc.stop(self._process)
+
+
+def describe_error(lines: list[str]) -> str | None:
+    """The first exception a traceback names, with the function that raised it."""
+    for index, line in enumerate(lines):
+        if match := _ERROR_LINE.match(line):
+            for before in reversed(lines[:index]):
+                if frame := _FRAME_LINE.match(before):
+                    return f"{match[1].strip()} (in {frame[1]})"
+            return match[1].strip()
+    return None

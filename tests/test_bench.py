@@ -1,0 +1,382 @@
+"""``anyecho bench``: its schedule, its JSON report, failures, and its command line.
+
+One short benchmark runs as a subprocess, as a user would run it, and most tests
+read what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from anyecho.bench import cli, render
+from anyecho.bench._units import format_size, parse_size
+from anyecho.bench.histogram import Histogram
+from anyecho.bench.plan import Settings, Workload, schedule
+from anyecho.bench.report import SCHEMA
+from anyecho.bench.runner import split_connections
+
+SERVERS = ("anyecho-asyncio", "tutorial", "broken", "broken-die")
+FAULTY = {"broken", "broken-die"}
+SETTINGS = Settings(servers=SERVERS, sizes=(64, 4096), connections=(1, 3), repeat=2)
+RUN_ARGS = [
+    "--servers",
+    ",".join(SERVERS),
+    "--sizes",
+    "64,4k",
+    "--connections",
+    "1,3",
+    "--duration",
+    "0.3",
+    "--warmup",
+    "0.1",
+    "--repeat",
+    "2",
+]
+
+
+def anyecho_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "anyecho", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@dataclass
+class BenchRun:
+    process: subprocess.CompletedProcess[str]
+    report: dict[str, Any]
+    json_path: Path
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
+    json_path = tmp_path_factory.mktemp("bench") / "report.json"
+    process = anyecho_bench(*RUN_ARGS, "--json", str(json_path), "--markdown")
+    assert json_path.exists(), process.stderr
+    return BenchRun(process, json.loads(json_path.read_text()), json_path)
+
+
+# -- the schedule ---------------------------------------------------------------
+
+
+def test_schedule_interleaves_servers_within_each_round() -> None:
+    small, large = Workload(64, 1), Workload(1 << 20, 50)
+    runs = schedule(["a", "b", "c"], [small, large], repeat=2)
+    assert [run.index for run in runs] == list(range(12))
+    assert [run.server for run in runs] == list("abc" * 4)
+    assert [run.round for run in runs] == [0] * 3 + [1] * 3 + [0] * 3 + [1] * 3
+    assert [run.workload for run in runs] == [small] * 6 + [large] * 6
+
+
+def test_settings_cross_every_size_with_every_connection_count() -> None:
+    settings = Settings(servers=("a",), sizes=(64, 1024), connections=(1, 50))
+    assert [(w.size, w.connections) for w in settings.workloads] == [
+        (64, 1),
+        (64, 50),
+        (1024, 1),
+        (1024, 50),
+    ]
+    assert settings.workloads[1].label == "64 B, 50 conns"
+
+
+def test_connections_are_shared_among_load_generators() -> None:
+    assert split_connections(1, 4) == [(0, 1)]
+    assert split_connections(50, 1) == [(0, 50)]
+    assert split_connections(7, 3) == [(0, 3), (3, 2), (5, 2)]
+
+
+# -- units and histograms -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64", 64), ("1k", 1024), ("64KiB", 65536), ("1m", 1 << 20), ("2 MiB", 2 << 20)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "k", "1.5k", "-1", "1t"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid size"):
+        parse_size(text)
+
+
+def test_format_size() -> None:
+    assert [format_size(n) for n in (64, 1024, 1536, 1 << 20)] == [
+        "64 B",
+        "1 KiB",
+        "1536 B",
+        "1 MiB",
+    ]
+
+
+def test_histogram_quantiles_are_within_one_percent() -> None:
+    values = list(range(1, 200_001, 7))
+    histogram = Histogram()
+    histogram.add_all(values[::2])
+    other = Histogram()
+    other.add_all(values[1::2])
+    histogram.merge(Histogram.from_json(json.loads(json.dumps(other.to_json()))))
+    assert histogram.count == len(values)
+    assert histogram.quantile(1) == max(values)
+    for q in (0.5, 0.9, 0.99):
+        exact = values[int(q * len(values)) - 1]
+        assert histogram.quantile(q) == pytest.approx(exact, rel=0.01)
+
+
+# -- the report -----------------------------------------------------------------
+
+
+class Nullable(NamedTuple):
+    spec: Any
+
+
+class MapOf(NamedTuple):
+    spec: Any
+
+
+SUMMARY = {"median": float, "min": float, "max": float}
+LATENCY = {"p50": float, "p90": float, "p99": float, "max": float}
+REPORT_SCHEMA: dict[str, Any] = {
+    "schema": str,
+    "created": str,
+    "complete": bool,
+    "machine": {
+        "platform": str,
+        "system": str,
+        "machine": str,
+        "python_implementation": str,
+        "cpu_count": int,
+        "cpus_usable": Nullable(int),
+        "cpu_model": Nullable(str),
+    },
+    "versions": MapOf(Nullable(str)),
+    "settings": {
+        "servers": [str],
+        "baseline": Nullable(str),
+        "sizes": [int],
+        "connections": [int],
+        "pipeline": int,
+        "repeat": int,
+        "duration_s": float,
+        "warmup_s": float,
+        "drain_timeout_s": float,
+        "pin": bool,
+        "server_cpus": Nullable([int]),
+        "client_cpus": [Nullable([int])],
+        "loadgen_loop": str,
+    },
+    "servers": [
+        {
+            "name": str,
+            "description": str,
+            "command": [str],
+            "status": str,
+            "reason": Nullable(str),
+        }
+    ],
+    "workloads": [
+        {"id": str, "label": str, "size": int, "connections": int, "pipeline": int}
+    ],
+    "runs": [
+        {
+            "index": int,
+            "round": int,
+            "server": str,
+            "workload": str,
+            "ok": bool,
+            "error": Nullable(str),
+            "window_s": float,
+            "echoes": int,
+            "echoes_per_s": float,
+            "mib_per_s": float,
+            "latency_us": Nullable(LATENCY),
+            "server_cpu_s": Nullable(float),
+            "cpu_us_per_echo": Nullable(float),
+            "client_cpu_percent": [float],
+            "client_saturated": bool,
+        }
+    ],
+    "results": [
+        {
+            "server": str,
+            "workload": str,
+            "ok": bool,
+            "error": Nullable(str),
+            "runs": int,
+            "client_saturated": bool,
+            "echoes_per_s": Nullable(SUMMARY),
+            "mib_per_s": Nullable(SUMMARY),
+            "cpu_us_per_echo": Nullable(SUMMARY),
+            "latency_us": Nullable(dict.fromkeys(LATENCY, SUMMARY)),
+            "client_cpu_percent": Nullable(SUMMARY),
+            "ratio": {
+                "echoes_per_s": Nullable(float),
+                "cpu_us_per_echo": Nullable(float),
+            },
+        }
+    ],
+    "warnings": [str],
+}
+
+
+def check(value: Any, spec: Any, where: str = "report") -> None:
+    """Assert that ``value`` has the keys and types that ``spec`` describes."""
+    if isinstance(spec, Nullable):
+        if value is not None:
+            check(value, spec.spec, where)
+    elif isinstance(spec, MapOf):
+        assert isinstance(value, dict), where
+        for key, item in value.items():
+            check(item, spec.spec, f"{where}.{key}")
+    elif isinstance(spec, dict):
+        assert isinstance(value, dict), where
+        assert sorted(value) == sorted(spec), where
+        for key, item_spec in spec.items():
+            check(value[key], item_spec, f"{where}.{key}")
+    elif isinstance(spec, list):
+        assert isinstance(value, list), where
+        for index, item in enumerate(value):
+            check(item, spec[0], f"{where}[{index}]")
+    else:
+        assert isinstance(value, spec), f"{where}: {value!r} is not a {spec.__name__}"
+        assert spec is bool or not isinstance(value, bool), f"{where}: {value!r}"
+
+
+def test_report_follows_the_schema(bench_run: BenchRun) -> None:
+    report = bench_run.report
+    check(report, REPORT_SCHEMA)
+    assert report["schema"] == SCHEMA
+    assert report["complete"] is True
+    assert report["settings"]["servers"] == list(SERVERS)
+    assert report["settings"]["baseline"] == "tutorial"
+    assert {"python", "anyecho", "anyio", "trio", "uvloop"} <= set(report["versions"])
+    assert [s["status"] for s in report["servers"]] == ["ok"] * len(SERVERS)
+    assert [w["id"] for w in report["workloads"]] == [w.id for w in SETTINGS.workloads]
+
+
+def test_runs_happened_in_the_interleaved_order(bench_run: BenchRun) -> None:
+    planned = schedule(SERVERS, SETTINGS.workloads, SETTINGS.repeat)
+    expected = [(run.index, run.round, run.server, run.workload.id) for run in planned]
+    runs = bench_run.report["runs"]
+    assert [
+        (r["index"], r["round"], r["server"], r["workload"]) for r in runs
+    ] == expected
+    # The progress lines, printed as each run ends, tell the same order.
+    progress = re.findall(r"^\[(\d+)/\d+\] ([\w-]+), ", bench_run.process.stderr, re.M)
+    assert [(int(n) - 1, server) for n, server in progress] == [
+        (index, server) for index, _, server, _ in expected
+    ]
+
+
+def test_sound_servers_pass_and_faulty_ones_fail(bench_run: BenchRun) -> None:
+    for run in bench_run.report["runs"]:
+        if run["server"] in FAULTY:
+            assert not run["ok"]
+            assert run["error"]
+        else:
+            assert run["ok"], run["error"]
+            assert run["echoes"] > 0
+            assert run["latency_us"] is not None
+    results = {(r["server"], r["workload"]): r for r in bench_run.report["results"]}
+    assert len(results) == len(SERVERS) * len(SETTINGS.workloads)
+    for (server, _), result in results.items():
+        assert result["ok"] is (server not in FAULTY)
+        assert (result["echoes_per_s"] is None) is (server in FAULTY)
+    corrupt = results["broken", "64B-1c-1p"]["error"]
+    assert re.search(r"echoed byte \d+ is 0x.., but 0x.. was sent there", corrupt)
+    died = results["broken-die", "64B-1c-1p"]["error"]
+    assert "the server exited with status 3" in died
+    assert bench_run.process.returncode == 1
+
+
+def test_ratios_compare_with_the_baseline(bench_run: BenchRun) -> None:
+    for result in bench_run.report["results"]:
+        ratio = result["ratio"]["echoes_per_s"]
+        if result["server"] == "tutorial":
+            assert ratio == 1.0
+        elif result["ok"]:
+            assert ratio is not None
+            assert ratio > 0
+
+
+def test_markdown_table_goes_to_stdout(bench_run: BenchRun) -> None:
+    lines = bench_run.process.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| workload | server |"))
+    assert "echoes/s" in header
+    assert "x tutorial" in header
+    rows = [line for line in lines if line.startswith("| 64 B, 1 conn |")]
+    assert [row.split(" | ")[1] for row in rows] == list(SERVERS)
+    assert "FAILED [" in rows[2]
+
+
+def test_saved_report_prints_and_plots_again(
+    bench_run: BenchRun, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    markdown, plot = tmp_path / "table.md", tmp_path / "chart.svg"
+    process = anyecho_bench(
+        "--from-json",
+        str(bench_run.json_path),
+        "--markdown",
+        str(markdown),
+        "--plot",
+        str(plot),
+        "--plot-metric",
+        "cpu_us_per_echo",
+    )
+    assert process.returncode == 1  # the report holds failed runs
+    assert "anyecho-asyncio" in process.stdout  # the terminal table
+    assert "| 4 KiB, 3 conns | tutorial |" in markdown.read_text()
+    assert plot.read_text().lstrip().startswith("<?xml")
+
+
+# -- the command line -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "0"], "invalid size"),
+        (["--sizes", "big"], "invalid size"),
+        (["--connections", "1,x"], "invalid count"),
+        (["--servers", "nosuch"], "unknown server 'nosuch'"),
+        (["--duration", "0"], "invalid value"),
+        (["--plot", "chart.gif"], "expected a name ending in .png or .svg"),
+        (["--servers", "tutorial", "--baseline", "trio-raw"], "--baseline trio-raw"),
+        (["--json", "/nonexistent/dir/report.json"], "no such directory"),
+        (["--no-such-option"], "unrecognized arguments"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(args: list[str], message: str) -> None:
+    process = anyecho_bench(*args)
+    assert process.returncode == 2
+    assert process.stdout == ""
+    lines = process.stderr.splitlines()
+    assert len(lines) == 1, process.stderr
+    assert lines[0].startswith("anyecho")
+    assert message in lines[0]
+
+
+def test_plot_metrics_are_the_ones_the_chart_knows() -> None:
+    assert tuple(render.METRICS) == cli.PLOT_METRICS
+
+
+def test_list_servers_shows_hidden_and_unavailable_ones() -> None:
+    process = anyecho_bench("--list-servers")
+    assert process.returncode == 0
+    names = [line.split()[0] for line in process.stdout.splitlines()]
+    assert {"anyecho-asyncio", "tutorial", "protocol-asyncio", "broken"} <= set(names)
+    assert re.search(r"^broken .*\[hidden\]$", process.stdout, re.M)
