@@ -1,0 +1,241 @@
+"""Serve echo inside a test, on whatever event loop the test runs on.
+
+:func:`serving` starts an :class:`~anyecho.EchoServer` in the current event loop
+(asyncio, uvloop or Trio: any AnyIO backend), on ``127.0.0.1`` and a free port by
+default, and stops it when the block ends:
+
+.. code-block:: python
+
+    from anyecho.testing import serving
+
+    async def test_round_trip():
+        async with serving() as server:
+            async with await server.connect() as stream:
+                await stream.send(b"ping")
+                assert await stream.receive() == b"ping"
+
+With pytest, the ``echo_server`` and ``echo_server_factory`` fixtures of
+:mod:`anyecho.pytest_plugin` do this for you.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import ByteStream, ConnectedUDPSocket
+
+from ._config import ServerConfig
+from ._server import EchoServer, ListenAddress
+from ._stats import StatsSnapshot
+from .faults import Faults
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["TEST_DEFAULTS", "RunningServer", "serving"]
+
+#: The :class:`~anyecho.ServerConfig` settings :func:`serving` starts from: loopback
+#: only, a free port, and a short drain on the way out.
+TEST_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "drain_timeout": 0.5}
+
+Transport = Literal["tcp", "tls", "unix", "udp"]
+
+
+@dataclass(frozen=True, eq=False)
+class RunningServer:
+    """A server started by :func:`serving`: where it listens, and how it is doing.
+
+    :param server: the :class:`~anyecho.EchoServer` itself (``server.stop(0)``
+        closes every connection now)
+    :param addresses: every address it listens on, in the order it reported them
+    :param client_ssl_context: what :meth:`connect` uses for TLS unless given one
+
+    .. code-block:: python
+
+        async with serving(unix=["/tmp/echo.sock"]) as server:
+            print(server.address, server.address_for("unix"), server.stats)
+    """
+
+    server: EchoServer
+    addresses: tuple[ListenAddress, ...]
+    client_ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def config(self) -> ServerConfig:
+        """The settings the server runs with."""
+        return self.server.config
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """The server's counters now (final once the ``async with`` block is left)."""
+        return self.server.stats
+
+    @property
+    def address(self) -> ListenAddress:
+        """The first TCP (or TLS) address.
+
+        :raises LookupError: when the server listens on no TCP socket
+        """
+        for address in self.addresses:
+            if address.transport in {"tcp", "tls"}:
+                return address
+        raise LookupError("the server listens on no TCP socket")
+
+    @property
+    def host(self) -> str:
+        """The IP address of :attr:`address`."""
+        return str(self.address.host)
+
+    @property
+    def port(self) -> int:
+        """The port of :attr:`address`."""
+        return self.address.port
+
+    def address_for(self, transport: Transport) -> ListenAddress:
+        """The first address of a transport (``tcp``, ``tls``, ``unix``, ``udp``).
+
+        :raises LookupError: when the server does not listen on that transport
+        """
+        for address in self.addresses:
+            if address.transport == transport:
+                return address
+        raise LookupError(f"the server listens on no {transport} socket")
+
+    async def connect(
+        self,
+        target: ListenAddress | Transport | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> ByteStream:
+        """Open a stream connection to the server (close it when done).
+
+        :param target: the address, or the first one of a transport; default:
+            :attr:`address`
+        :param ssl_context: for TLS (default: :attr:`client_ssl_context`)
+        :param server_hostname: the name to check the certificate against
+            (default: the address's host)
+
+        .. code-block:: python
+
+            async with await server.connect("unix") as stream:
+                await stream.send(b"ping")
+        """
+        address = self._resolve(target)
+        if address.transport == "unix":
+            return await anyio.connect_unix(str(address.path))
+        if address.transport == "udp":
+            raise ValueError("UDP is not a stream: use connect_udp()")
+        host = str(address.host)
+        if address.transport == "tls":
+            context = ssl_context or self.client_ssl_context
+            if context is None:
+                raise ValueError("a TLS address needs a client ssl_context")
+            return await anyio.connect_tcp(
+                host,
+                address.port,
+                ssl_context=context,
+                tls_hostname=server_hostname or host,
+            )
+        return await anyio.connect_tcp(host, address.port)
+
+    async def connect_udp(
+        self, target: ListenAddress | None = None
+    ) -> ConnectedUDPSocket:
+        """Open a UDP socket connected to the server's (first) UDP address.
+
+        .. code-block:: python
+
+            async with await server.connect_udp() as udp:
+                await udp.send(b"ping")
+                assert await udp.receive() == b"ping"
+        """
+        address = target or self.address_for("udp")
+        return await anyio.create_connected_udp_socket(str(address.host), address.port)
+
+    def _resolve(self, target: ListenAddress | Transport | None) -> ListenAddress:
+        if target is None:
+            return self.address
+        if isinstance(target, ListenAddress):
+            return target
+        return self.address_for(target)
+
+
+def _compose(
+    outer: Callable[[ByteStream], ByteStream],
+    inner: Callable[[ByteStream], ByteStream] | None,
+) -> Callable[[ByteStream], ByteStream]:
+    if inner is None:
+        return outer
+    return lambda stream: outer(inner(stream))
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def serving(
+    config: ServerConfig | None = None,
+    /,
+    *,
+    faults: Faults | None = None,
+    client_ssl_context: ssl.SSLContext | None = None,
+    **options: Any,
+) -> AsyncIterator[RunningServer]:
+    """Run an echo server for the duration of an ``async with`` block.
+
+    The server runs in the current event loop, whatever the AnyIO backend, and is
+    ready to accept connections when the block starts. Leaving the block stops it
+    gracefully: it stops accepting, lets open connections finish for up to
+    ``drain_timeout`` seconds (0.5 by default here), then closes them.
+
+    Errors are not wrapped in exception groups: a listener that cannot be opened
+    raises its :exc:`OSError`, and an error in the block propagates as it is.
+
+    :param config: the settings, used as they are; without one, the server starts
+        from :data:`TEST_DEFAULTS` (``127.0.0.1``, a free port)
+    :param faults: faults to inject (:class:`~anyecho.faults.Faults`); they wrap
+        the config's own ``wrap_stream``, which thus sees the traffic as it goes
+        to and from the socket
+    :param client_ssl_context: the default for :meth:`RunningServer.connect` to
+        TLS addresses
+    :param options: :class:`~anyecho.ServerConfig` fields, overriding ``config``
+        (or the defaults)
+
+    .. code-block:: python
+
+        async with serving(faults=Faults(fragment=1)) as server:
+            stream = await server.connect()
+    """
+    if config is None:
+        config = ServerConfig(**{**TEST_DEFAULTS, **options})
+    elif options:
+        config = config.replace(**options)
+    wrapper = faults.stream_wrapper() if faults is not None else None
+    if wrapper is not None:
+        config = config.replace(wrap_stream=_compose(wrapper, config.wrap_stream))
+    server = EchoServer(config)
+    try:
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve)
+            try:
+                yield RunningServer(server, tuple(addresses), client_ssl_context)
+            finally:
+                server.stop()
+    except BaseExceptionGroup as group:
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
