@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from anyio.abc import ByteStream
 
 from ._echo import RECEIVE_SIZE
+from ._udp import DEFAULT_UDP_BLOCKED_PORTS, RateLimit
 
 __all__ = ["DEFAULT_PORT", "ServerConfig"]
 
@@ -52,6 +55,25 @@ class ServerConfig:
         inject faults or observe traffic; ``echo`` itself never changes
     :param drain_timeout: on a graceful stop, how long open connections may take
         to finish before they are closed (seconds)
+    :param unix: Unix socket paths to listen on as well. A stale socket file left by
+        a dead server is replaced; a path a live server holds is an error. The file
+        is removed when the server stops.
+    :param unix_mode: permissions of the Unix socket files (default: owner only)
+    :param ssl_context: a server-side TLS context; when set, every TCP listener
+        speaks TLS (see :func:`anyecho.tls_server_context`)
+    :param tls_handshake_timeout: seconds a client has to complete the handshake
+    :param max_connections: the most stream connections served at once; at the
+        limit the server stops accepting (clients wait in the listen queue) until
+        one closes. ``None`` for no limit.
+    :param idle_timeout: close a connection that moved no byte, either way, for
+        this many seconds; a send stuck on a peer that does not read counts as
+        idle. ``None`` for no limit.
+    :param udp: serve datagram echo on the same host(s) and port as TCP
+    :param udp_blocked_ports: source ports whose datagrams are never answered
+    :param udp_rate: per source address: sustained datagrams answered per second
+        and burst
+    :param udp_byte_rate: per source address: sustained bytes answered per second
+        and burst
 
     .. code-block:: python
 
@@ -65,6 +87,20 @@ class ServerConfig:
     receive_size: int = RECEIVE_SIZE
     wrap_stream: StreamWrapper | None = None
     drain_timeout: float = 5.0
+    unix: tuple[str, ...] = ()
+    unix_mode: int = 0o600
+    ssl_context: ssl.SSLContext | None = None
+    tls_handshake_timeout: float = 10.0
+    max_connections: int | None = 1000
+    idle_timeout: float | None = 300.0
+    udp: bool = False
+    udp_blocked_ports: frozenset[int] = field(
+        default=DEFAULT_UDP_BLOCKED_PORTS, repr=False
+    )
+    udp_rate: RateLimit = field(default_factory=lambda: RateLimit(100.0, 100.0))
+    udp_byte_rate: RateLimit = field(
+        default_factory=lambda: RateLimit(256 * 1024.0, 128 * 1024.0)
+    )
 
     def __post_init__(self) -> None:
         host: Any = self.host
@@ -78,6 +114,21 @@ class ServerConfig:
         _check_port(self.port)
         _check_positive("receive_size", self.receive_size, integer=True)
         _check_positive("backlog", self.backlog, integer=True)
+        unix: Any = self.unix
+        paths = (unix,) if isinstance(unix, str | os.PathLike) else tuple(unix)
+        object.__setattr__(self, "unix", tuple(os.fspath(path) for path in paths))
+        if not 0 <= self.unix_mode <= 0o777:
+            raise ValueError(f"invalid unix_mode {self.unix_mode:#o}")
+        if self.ssl_context is not None and not isinstance(
+            self.ssl_context, ssl.SSLContext
+        ):
+            raise ValueError("ssl_context must be an ssl.SSLContext")
+        _check_positive("tls_handshake_timeout", self.tls_handshake_timeout)
+        _check_positive(
+            "max_connections", self.max_connections, allow_none=True, integer=True
+        )
+        _check_positive("idle_timeout", self.idle_timeout, allow_none=True)
+        object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         if self.drain_timeout < 0:
             raise ValueError(
                 f"invalid drain_timeout {self.drain_timeout!r}: expected >= 0"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import socket
-from collections.abc import Mapping, Sequence
+import ssl
+import stat
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -16,22 +20,26 @@ from anyio import (
     BrokenResourceError,
     CancelScope,
     ClosedResourceError,
+    EndOfStream,
+    TypedAttributeProvider,
     create_task_group,
 )
 from anyio.abc import (
     ByteStream,
-    Listener,
     SocketAttribute,
     SocketListener,
     SocketStream,
     TaskGroup,
     TaskStatus,
+    UDPSocket,
 )
+from anyio.streams.tls import TLSStream
 
 from ._backends import current_backend_name
 from ._config import ServerConfig
 from ._echo import echo
 from ._stats import ByteCounter, ServerStats, StatsSnapshot
+from ._udp import UDPGuard, serve_udp
 
 __all__ = ["EchoServer", "ListenAddress", "ListenError", "serve"]
 
@@ -93,7 +101,7 @@ class ListenAddress:
     @classmethod
     def of_listener(
         cls,
-        listener: Listener[Any],
+        listener: TypedAttributeProvider,
         transport: Literal["tcp", "tls", "unix", "udp"] = "tcp",
     ) -> ListenAddress:
         local = listener.extra(SocketAttribute.local_address)
@@ -186,6 +194,8 @@ class EchoServer:
         self._stop_requested: float | None = None
         self._listening: anyio.Event | None = None
         self._draining: anyio.Event | None = None
+        self._start_error: BaseException | None = None
+        self._limit: anyio.Semaphore | None = None
 
     def _listening_event(self) -> anyio.Event:
         if self._listening is None:
@@ -203,8 +213,12 @@ class EchoServer:
         The readiness signal for callers that start :meth:`serve` as a plain task
         (``asyncio.create_task``, a Trio nursery's ``start_soon``) rather than with
         ``task_group.start``.
+
+        :raises RuntimeError: if the server failed to start (the cause is chained)
         """
         await self._listening_event().wait()
+        if self._start_error is not None:
+            raise RuntimeError("the server failed to start") from self._start_error
         return list(self.addresses)
 
     async def wait_draining(self) -> None:
@@ -256,31 +270,43 @@ class EchoServer:
         :raises OSError: when a listener cannot be opened (address in use, host
             that does not resolve, ...), with a message naming the address
         """
+        config = self.config
         async with AsyncExitStack() as stack:
-            listeners = await self._open_listeners(stack)
-            self.addresses = [ListenAddress.of_listener(lis) for lis in listeners]
+            try:
+                listeners = await self._open_listeners(stack)
+            except BaseException as exc:
+                self._start_error = exc
+                self._listening_event().set()
+                raise
+            self.addresses = [address for _, address, _ in listeners]
+            if config.max_connections is not None:
+                self._limit = anyio.Semaphore(config.max_connections)
             logger.info(
                 "serving echo on %s (backend %s)",
                 ", ".join(map(str, self.addresses)),
                 current_backend_name(),
             )
-            async with create_task_group() as connections:
-                self._connections_scope = connections.cancel_scope
-                with CancelScope() as self._accept_scope:
-                    if self._stop_requested is not None:
-                        self._accept_scope.cancel()
-                    task_status.started(list(self.addresses))
-                    self._listening_event().set()
-                    async with create_task_group() as acceptors:
-                        for listener in listeners:
-                            acceptors.start_soon(
-                                self._accept_loop, listener, connections
-                            )
-                # Stopping: no new connections; the listening sockets close now.
-                await stack.aclose()
-                self._drain(connections)
-                self._draining_event().set()
-            self._connections_scope = None
+            async with create_task_group() as services:
+                if config.idle_timeout is not None:
+                    services.start_soon(self._watch_idle, config.idle_timeout)
+                async with create_task_group() as connections:
+                    self._connections_scope = connections.cancel_scope
+                    with CancelScope() as self._accept_scope:
+                        if self._stop_requested is not None:
+                            self._accept_scope.cancel()
+                        task_status.started(list(self.addresses))
+                        self._listening_event().set()
+                        async with create_task_group() as acceptors:
+                            for serve_one, address, resource in listeners:
+                                acceptors.start_soon(
+                                    serve_one, resource, address, connections
+                                )
+                    # Stopping: no new connections; the listeners close now.
+                    await stack.aclose()
+                    self._drain(connections)
+                    self._draining_event().set()
+                self._connections_scope = None
+                services.cancel_scope.cancel()
         logger.info("server stopped: %s", self.stats.summary())
 
     def _drain(self, connections: TaskGroup) -> None:
@@ -296,39 +322,70 @@ class EchoServer:
             )
         connections.cancel_scope.deadline = anyio.current_time() + grace
 
-    async def _open_listeners(self, stack: AsyncExitStack) -> list[SocketListener]:
+    async def _open_listeners(self, stack: AsyncExitStack) -> list[_Listening]:
+        """Open every listener the config asks for, closing them all on exit."""
         config = self.config
-        hosts: tuple[str | None, ...] = config.hosts or (None,)
+        listening: list[_Listening] = []
         port = config.port
-        listeners: list[SocketListener] = []
-        for host in hosts:
-            try:
-                multi = await anyio.create_tcp_listener(
-                    local_host=host, local_port=port, backlog=config.backlog
-                )
-            except OSError as exc:
-                raise _listen_error(exc, host, port) from None
-            stack.push_async_callback(multi.aclose)
-            listeners.extend(cast(Sequence[SocketListener], multi.listeners))
-            if port == 0:  # every further host gets the port the first one got
-                port = ListenAddress.of_listener(multi.listeners[0]).port
-        return listeners
+        if port is not None:
+            transport: Transport = "tls" if config.ssl_context else "tcp"
+            for listener in await _open_tcp(stack, config):
+                address = ListenAddress.of_listener(listener, transport)
+                listening.append((self._accept_loop, address, listener))
+                port = address.port
+        for path in config.unix:
+            listener = await _open_unix(stack, path, config)
+            address = ListenAddress("unix", path=path)
+            listening.append((self._accept_loop, address, listener))
+        if config.udp:
+            if port is None:
+                raise ValueError("UDP echo needs a port (it shares the TCP one)")
+            for sock in await open_udp(stack, config.hosts, port):
+                address = ListenAddress.of_listener(sock, "udp")
+                listening.append((self._udp_loop, address, sock))
+        return listening
+
+    async def _udp_loop(
+        self, sock: UDPSocket, address: ListenAddress, connections: TaskGroup
+    ) -> None:
+        config = self.config
+        guard = UDPGuard(
+            blocked_ports=config.udp_blocked_ports,
+            packets=config.udp_rate,
+            data=config.udp_byte_rate,
+        )
+        await serve_udp(sock, guard, self._stats)
 
     async def _accept_loop(
-        self, listener: SocketListener, connections: TaskGroup
+        self, listener: SocketListener, address: ListenAddress, connections: TaskGroup
     ) -> None:
         # Listener.serve() would end the server on the first accept error; this
         # loop logs them, pauses on resource exhaustion, and carries on.
         accept = listener.accept
         handle = self._handle
+        limit = self._limit
         while True:
+            if limit is not None:
+                if limit.value == 0:
+                    logger.warning(
+                        "%s: at the connection limit (%d); new clients wait",
+                        address,
+                        self.config.max_connections,
+                    )
+                await limit.acquire()
             try:
                 stream = await accept()
             except ClosedResourceError:
                 return
             except (OSError, BrokenResourceError) as exc:
+                if limit is not None:
+                    limit.release()
                 await self._accept_failed(exc)
                 continue
+            except BaseException:
+                if limit is not None:
+                    limit.release()
+                raise
             connections.start_soon(handle, stream)
 
     async def _accept_failed(self, exc: BaseException) -> None:
@@ -344,37 +401,223 @@ class EchoServer:
         )
         await anyio.sleep(ACCEPT_BACKOFF)
 
+    async def _watch_idle(self, limit: float) -> None:
+        """Close connections that moved no byte for ``limit`` seconds.
+
+        One task for the whole server, waking a few times per limit: the hot
+        path pays nothing (no cancel scope, deadline or timer per chunk), and a
+        connection is closed between ``limit`` and ``limit * 1.25`` after its last
+        byte, or at most one second late.
+        """
+        tick = min(1.0, limit / 4)
+        open_connections = self._stats.open
+        while True:
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for state in open_connections:
+                moved = state.received + state.sent
+                if moved != state.seen:
+                    state.seen = moved
+                    state.since = now
+                elif now - state.since >= limit and not state.timed_out:
+                    state.timed_out = True
+                    state.scope.cancel()
+
     async def _handle(self, stream: SocketStream) -> None:
-        counter = self._stats.opened()
-        conn = _Connection(stream, counter)
-        wrap = self.config.wrap_stream
-        start = anyio.current_time()
-        peer = _peer(stream) if logger.isEnabledFor(logging.DEBUG) else ""
+        """Serve one connection. Whatever goes wrong ends this connection only."""
+        config = self.config
+        state = self._stats.opened(anyio.current_time())
+        start = state.since
+        peer = _peer(stream)
         logger.debug("%s: connected", peer)
+        conn: ByteStream = stream
         try:
-            await echo(
-                wrap(conn) if wrap else conn, receive_size=self.config.receive_size
-            )
-        except (BrokenResourceError, ClosedResourceError, OSError) as exc:
-            self._stats.errors["reset"] += 1
-            logger.debug("%s: connection lost (%s)", peer, _describe(exc))
-        except Exception:
-            self._stats.errors["handler"] += 1
-            logger.exception("%s: handler failed; closing this connection", peer)
+            with CancelScope() as state.scope:
+                try:
+                    if config.ssl_context is not None:
+                        tls = await self._handshake(stream, config.ssl_context, peer)
+                        if tls is None:
+                            return
+                        conn = tls
+                    counted = _Connection(conn, state)
+                    wrap = config.wrap_stream
+                    await echo(
+                        wrap(counted) if wrap else counted,
+                        receive_size=config.receive_size,
+                    )
+                except (BrokenResourceError, ClosedResourceError, OSError) as exc:
+                    self._stats.errors["reset"] += 1
+                    logger.debug("%s: connection lost (%s)", peer, _describe(exc))
+                except Exception:
+                    self._stats.errors["handler"] += 1
+                    logger.exception(
+                        "%s: handler failed; closing this connection", peer
+                    )
+            if state.timed_out:
+                self._stats.errors["timeout"] += 1
+                logger.debug("%s: idle for %gs; closed", peer, config.idle_timeout)
         finally:
-            await anyio.aclose_forcefully(stream)
-            self._stats.closed(counter)
+            # Bookkeeping first: closing under a cancelled scope (a drain that
+            # ran out) raises the cancellation once the stream is closed.
+            self._stats.closed(state)
+            if self._limit is not None:
+                self._limit.release()
             logger.debug(
                 "%s: closed, %d bytes in, %d bytes out, %.3fs",
                 peer,
-                counter.received,
-                counter.sent,
+                state.received,
+                state.sent,
                 anyio.current_time() - start,
             )
+            await anyio.aclose_forcefully(conn)
+
+    async def _handshake(
+        self, stream: SocketStream, context: ssl.SSLContext, peer: str
+    ) -> TLSStream | None:
+        """The TLS stream over ``stream``, or ``None`` (logged) if handshake fails."""
+        try:
+            with anyio.fail_after(self.config.tls_handshake_timeout):
+                return await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=context
+                )
+        except TimeoutError:
+            reason = f"no handshake within {self.config.tls_handshake_timeout:g}s"
+        except (ssl.SSLError, BrokenResourceError, EndOfStream, OSError) as exc:
+            reason = _describe(exc)
+        self._stats.errors["tls"] += 1
+        logger.info("%s: TLS handshake failed: %s", peer, reason)
+        return None
+
+
+Transport = Literal["tcp", "tls", "unix", "udp"]
+_Listening = tuple[Callable[..., Coroutine[Any, Any, None]], ListenAddress, Any]
+
+
+async def _open_tcp(
+    stack: AsyncExitStack, config: ServerConfig
+) -> list[SocketListener]:
+    hosts: tuple[str | None, ...] = config.hosts or (None,)
+    port = config.port or 0
+    listeners: list[SocketListener] = []
+    for host in hosts:
+        try:
+            multi = await anyio.create_tcp_listener(
+                local_host=host, local_port=port, backlog=config.backlog
+            )
+        except OSError as exc:
+            raise _listen_error(exc, host, port) from None
+        stack.push_async_callback(multi.aclose)
+        listeners.extend(cast(Sequence[SocketListener], multi.listeners))
+        if port == 0:  # every further host gets the port the first one got
+            port = ListenAddress.of_listener(multi.listeners[0]).port
+    return listeners
+
+
+async def _open_unix(
+    stack: AsyncExitStack, path: str, config: ServerConfig
+) -> SocketListener:
+    """A Unix socket listener at ``path``; the file goes when the stack closes."""
+    _check_unix_path(path)
+    try:
+        listener = await anyio.create_unix_listener(
+            path, mode=config.unix_mode, backlog=config.backlog
+        )
+    except OSError as exc:
+        raise ListenError(
+            exc.errno, f"cannot listen on unix:{path}: {exc.strerror or exc}"
+        ) from None
+    inode = os.stat(path).st_ino
+    stack.callback(_remove_socket_file, path, inode)
+    stack.push_async_callback(listener.aclose)
+    return listener
+
+
+def _check_unix_path(path: str) -> None:
+    """Refuse a path a live server holds or a non-socket file occupies.
+
+    A socket file nobody listens on (left by a server that died) is stale, and
+    the listener replaces it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ListenError(
+            exc.errno, f"cannot listen on unix:{path}: {exc.strerror}"
+        ) from None
+    if not stat.S_ISSOCK(mode):
+        raise ListenError(
+            errno.EEXIST,
+            f"cannot listen on unix:{path}: a file that is not a socket is there",
+        )
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return  # stale
+        except BlockingIOError:
+            pass  # its listen queue is full: very much alive
+        except OSError as exc:
+            raise ListenError(
+                exc.errno, f"cannot listen on unix:{path}: {exc.strerror}"
+            ) from None
+    raise ListenError(
+        errno.EADDRINUSE, f"cannot listen on unix:{path}: a live server listens there"
+    )
+
+
+def _remove_socket_file(path: str, inode: int) -> None:
+    """Remove our socket file, unless something else has replaced it since."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+async def open_udp(
+    stack: AsyncExitStack, hosts: tuple[str, ...] | None, port: int
+) -> list[UDPSocket]:
+    """UDP sockets bound to ``port`` on each host (every interface for ``None``)."""
+    addresses: list[tuple[socket.AddressFamily, tuple[Any, ...], bool]] = []
+    if hosts is None:
+        if socket.has_dualstack_ipv6():
+            addresses.append((socket.AF_INET6, ("::", port), False))
+        else:
+            addresses.append((socket.AF_INET, ("0.0.0.0", port), True))
+    else:
+        for host in hosts:
+            try:
+                infos = await anyio.getaddrinfo(
+                    host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+                )
+            except OSError as exc:
+                raise _listen_error(exc, host, port) from None
+            for family, _, _, _, sockaddr in sorted(set(infos)):
+                addresses.append((family, sockaddr, True))
+    sockets: list[UDPSocket] = []
+    for family, sockaddr, v6only in addresses:
+        raw = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            raw.bind(sockaddr)
+        except OSError as exc:
+            raw.close()
+            error = _listen_error(exc, str(sockaddr[0]), port)
+            raise ListenError(error.errno, f"udp: {error}") from None
+        udp = await UDPSocket.from_socket(raw)
+        stack.push_async_callback(udp.aclose)
+        sockets.append(udp)
+    return sockets
 
 
 def _peer(stream: ByteStream) -> str:
-    address = stream.extra(SocketAttribute.remote_address, None)
+    """The peer's address for logs; never fails (a reset socket has none)."""
+    try:
+        address = stream.extra(SocketAttribute.remote_address, None)
+    except OSError:
+        return "peer"
     if isinstance(address, tuple):
         host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
         return f"{host}:{address[1]}"

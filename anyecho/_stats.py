@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 __all__ = ["ServerStats", "StatsSnapshot"]
 
@@ -50,13 +51,21 @@ class StatsSnapshot:
 
 
 class ByteCounter:
-    """Bytes moved on one connection; bumped on the hot path, read for stats."""
+    """One open connection's counters and idle-timeout bookkeeping.
 
-    __slots__ = ("received", "sent")
+    The hot path only adds to ``received`` and ``sent``; the idle watchdog compares
+    their sum with ``seen`` now and then, so timeouts cost nothing per chunk.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("received", "scope", "seen", "sent", "since", "timed_out")
+
+    def __init__(self, now: float) -> None:
         self.received = 0
         self.sent = 0
+        self.seen = 0
+        self.since = now
+        self.scope: Any = None
+        self.timed_out = False
 
 
 class ServerStats:
@@ -76,8 +85,8 @@ class ServerStats:
         self.errors: Counter[str] = Counter()
         self.open: set[ByteCounter] = set()
 
-    def opened(self) -> ByteCounter:
-        counter = ByteCounter()
+    def opened(self, now: float) -> ByteCounter:
+        counter = ByteCounter(now)
         self.open.add(counter)
         self.total_connections += 1
         return counter
