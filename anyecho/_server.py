@@ -38,6 +38,7 @@ from anyio.streams.tls import TLSStream
 from ._backends import current_backend_name
 from ._config import ServerConfig
 from ._echo import echo
+from ._fastpath import wrap_listener
 from ._stats import ByteCounter, ServerStats, StatsSnapshot
 from ._udp import UDPGuard, serve_udp
 
@@ -507,7 +508,10 @@ async def _open_tcp(
         except OSError as exc:
             raise _listen_error(exc, host, port) from None
         stack.push_async_callback(multi.aclose)
-        listeners.extend(cast(Sequence[SocketListener], multi.listeners))
+        listeners.extend(
+            wrap_listener(listener)
+            for listener in cast(Sequence[SocketListener], multi.listeners)
+        )
         if port == 0:  # every further host gets the port the first one got
             port = ListenAddress.of_listener(multi.listeners[0]).port
     return listeners
@@ -529,7 +533,7 @@ async def _open_unix(
     inode = os.stat(path).st_ino
     stack.callback(_remove_socket_file, path, inode)
     stack.push_async_callback(listener.aclose)
-    return listener
+    return wrap_listener(listener)
 
 
 def _check_unix_path(path: str) -> None:
