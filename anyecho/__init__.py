@@ -19,21 +19,29 @@ from ._server import ListenAddress as ListenAddress
 from ._server import ListenError as ListenError
 from ._server import serve as serve
 from ._stats import StatsSnapshot as StatsSnapshot
+from ._tls import tls_server_context as tls_server_context
+from ._udp import DEFAULT_UDP_BLOCKED_PORTS as DEFAULT_UDP_BLOCKED_PORTS
+from ._udp import RateLimit as RateLimit
+from .faults import Faults as Faults
 
 __all__ = [
     "BACKEND_NAMES",
     "DEFAULT_PORT",
+    "DEFAULT_UDP_BLOCKED_PORTS",
     "RECEIVE_SIZE",
     "Backend",
     "BackendUnavailableError",
     "EchoServer",
+    "Faults",
     "ListenAddress",
     "ListenError",
+    "RateLimit",
     "ServerConfig",
     "StatsSnapshot",
     "echo",
     "resolve_backend",
     "serve",
+    "tls_server_context",
 ]
 
 __version__ = "0.1.0"

@@ -48,7 +48,8 @@ class ServerConfig:
     :param host: the interface(s) to listen on for TCP: a host name or address, or
         a sequence of them. ``None`` (the default) listens on every interface, IPv4
         and IPv6 (one dual-stack socket where the system supports it).
-    :param port: the TCP port; ``0`` picks a free one (the same one for every host)
+    :param port: the TCP port; ``0`` picks a free one (the same one for every
+        host); ``None`` serves no TCP (only the Unix sockets)
     :param backlog: the listen queue length, for each listening socket
     :param receive_size: the most bytes the handler asks for per receive
     :param wrap_stream: applied to each connection's stream before it is echoed, to
@@ -68,6 +69,8 @@ class ServerConfig:
     :param idle_timeout: close a connection that moved no byte, either way, for
         this many seconds; a send stuck on a peer that does not read counts as
         idle. ``None`` for no limit.
+    :param reuse_port: bind TCP and UDP with ``SO_REUSEPORT``, so that several
+        servers (processes) share the port and the kernel spreads clients over them
     :param udp: serve datagram echo on the same host(s) and port as TCP
     :param udp_blocked_ports: source ports whose datagrams are never answered
     :param udp_rate: per source address: sustained datagrams answered per second
@@ -82,7 +85,7 @@ class ServerConfig:
     """
 
     host: str | tuple[str, ...] | None = None
-    port: int = DEFAULT_PORT
+    port: int | None = DEFAULT_PORT
     backlog: int = 4096
     receive_size: int = RECEIVE_SIZE
     wrap_stream: StreamWrapper | None = None
@@ -93,6 +96,7 @@ class ServerConfig:
     tls_handshake_timeout: float = 10.0
     max_connections: int | None = 1000
     idle_timeout: float | None = 300.0
+    reuse_port: bool = False
     udp: bool = False
     udp_blocked_ports: frozenset[int] = field(
         default=DEFAULT_UDP_BLOCKED_PORTS, repr=False
@@ -111,7 +115,10 @@ class ServerConfig:
             object.__setattr__(self, "host", hosts)
         elif host is not None and (not isinstance(host, str) or not host):
             raise ValueError(f"invalid host {host!r}: expected a name or an address")
-        _check_port(self.port)
+        if self.port is not None:
+            _check_port(self.port)
+        elif not self.unix:
+            raise ValueError("nothing to serve: no TCP port and no Unix socket")
         _check_positive("receive_size", self.receive_size, integer=True)
         _check_positive("backlog", self.backlog, integer=True)
         unix: Any = self.unix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -35,7 +36,7 @@ from anyio.abc import (
 )
 from anyio.streams.tls import TLSStream
 
-from ._backends import current_backend_name
+from ._backends import BackendUnavailableError, current_backend_name
 from ._config import ServerConfig
 from ._echo import echo
 from ._fastpath import wrap_listener
@@ -274,6 +275,7 @@ class EchoServer:
         config = self.config
         async with AsyncExitStack() as stack:
             try:
+                _check_event_loop()
                 listeners = await self._open_listeners(stack)
             except BaseException as exc:
                 self._start_error = exc
@@ -341,7 +343,7 @@ class EchoServer:
         if config.udp:
             if port is None:
                 raise ValueError("UDP echo needs a port (it shares the TCP one)")
-            for sock in await open_udp(stack, config.hosts, port):
+            for sock in await open_udp(stack, config.hosts, port, config.reuse_port):
                 address = ListenAddress.of_listener(sock, "udp")
                 listening.append((self._udp_loop, address, sock))
         return listening
@@ -383,6 +385,12 @@ class EchoServer:
                     limit.release()
                 await self._accept_failed(exc)
                 continue
+            except NotImplementedError as exc:
+                # Not a client's doing: this event loop cannot serve at all.
+                reason = str(exc) or "not implemented"
+                raise BackendUnavailableError(
+                    f"the event loop cannot serve connections: {reason}"
+                ) from exc
             except BaseException:
                 if limit is not None:
                     limit.release()
@@ -490,6 +498,25 @@ class EchoServer:
         return None
 
 
+def _check_event_loop() -> None:
+    """Refuse, up front, an asyncio loop that cannot serve AnyIO streams.
+
+    AnyIO's asyncio listeners need ``loop.connect_accepted_socket``; a loop that
+    leaves it unimplemented would otherwise fail on the first client.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # Trio
+    method = getattr(type(loop), "connect_accepted_socket", None)
+    if method in (None, asyncio.AbstractEventLoop.connect_accepted_socket):
+        name = f"{type(loop).__module__}.{type(loop).__qualname__}"
+        raise BackendUnavailableError(
+            f"event loop {name} cannot serve: it does not implement "
+            "connect_accepted_socket"
+        )
+
+
 Transport = Literal["tcp", "tls", "unix", "udp"]
 _Listening = tuple[Callable[..., Coroutine[Any, Any, None]], ListenAddress, Any]
 
@@ -503,7 +530,10 @@ async def _open_tcp(
     for host in hosts:
         try:
             multi = await anyio.create_tcp_listener(
-                local_host=host, local_port=port, backlog=config.backlog
+                local_host=host,
+                local_port=port,
+                backlog=config.backlog,
+                reuse_port=config.reuse_port,
             )
         except OSError as exc:
             raise _listen_error(exc, host, port) from None
@@ -580,7 +610,10 @@ def _remove_socket_file(path: str, inode: int) -> None:
 
 
 async def open_udp(
-    stack: AsyncExitStack, hosts: tuple[str, ...] | None, port: int
+    stack: AsyncExitStack,
+    hosts: tuple[str, ...] | None,
+    port: int,
+    reuse_port: bool = False,
 ) -> list[UDPSocket]:
     """UDP sockets bound to ``port`` on each host (every interface for ``None``)."""
     addresses: list[tuple[socket.AddressFamily, tuple[Any, ...], bool]] = []
@@ -605,6 +638,8 @@ async def open_udp(
         try:
             if family == socket.AF_INET6:
                 raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            if reuse_port:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             raw.bind(sockaddr)
         except OSError as exc:
             raw.close()

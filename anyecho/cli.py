@@ -27,6 +27,10 @@ from ._backends import BACKEND_NAMES, Backend, BackendUnavailableError, resolve_
 from ._config import DEFAULT_PORT, ServerConfig
 from ._echo import RECEIVE_SIZE
 from ._server import EchoServer
+from ._tls import tls_server_context
+from ._udp import RateLimit, parse_port_set
+from ._workers import check_reuse_port, reserve_port, supervise
+from .faults import add_fault_arguments, faults_from_args
 
 __all__ = ["build_parser", "main"]
 
@@ -86,6 +90,40 @@ def positive_float(text: str) -> float:
     return value
 
 
+def count_or_zero(text: str) -> int:
+    """Parse a count that may be 0 (meaning "none" or "no limit")."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid count {text!r}: expected an integer >= 0"
+        )
+    return value
+
+
+def file_mode(text: str) -> int:
+    """Parse octal permissions such as ``600`` or ``0o660``."""
+    try:
+        mode = int(text.removeprefix("0o"), 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(
+            f"invalid mode {text!r}: expected octal permissions such as 600"
+        )
+    return mode
+
+
+def port_set(text: str) -> frozenset[int]:
+    """Parse a port list such as ``0-1023,1900``."""
+    try:
+        return parse_port_set(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def non_negative_float(text: str) -> float:
     """Parse a number of seconds that may be 0."""
     return 0.0 if text.strip() in {"0", "0.0"} else positive_float(text)
@@ -124,24 +162,129 @@ def _add_serve_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="serve echo until stopped (Ctrl-C or SIGTERM)",
-        description="Serve RFC 862 echo. Stops gracefully on SIGINT or SIGTERM: "
-        "new connections are refused, open ones may finish within --drain-timeout; "
-        "a second signal stops at once.",
+        description="Serve RFC 862 echo over TCP, TLS, Unix sockets and UDP. Stops "
+        "gracefully on SIGINT or SIGTERM: new connections are refused, open ones "
+        "may finish within --drain-timeout; a second signal stops at once.",
     )
-    parser.add_argument(
+    where = parser.add_argument_group("where to listen")
+    where.add_argument(
         "--host",
         action="append",
         metavar="HOST",
         help="interface to listen on; repeat for several, '*' for every interface "
         "(IPv4 and IPv6). Default: 127.0.0.1",
     )
-    parser.add_argument(
+    where.add_argument(
         "--port",
         type=port_number,
-        default=DEFAULT_PORT,
-        help="TCP port; 0 picks a free one (default: %(default)s)",
+        default=None,
+        help=f"TCP (and UDP) port; 0 picks a free one (default: {DEFAULT_PORT}; "
+        "with --unix and no --host or --port, no TCP at all)",
     )
-    parser.add_argument(
+    where.add_argument(
+        "--unix",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also listen on this Unix socket (repeatable); a stale socket file "
+        "is replaced, one a live server holds is an error; removed on exit",
+    )
+    where.add_argument(
+        "--unix-mode",
+        type=file_mode,
+        default=0o600,
+        metavar="MODE",
+        help="permissions of the Unix socket file, in octal (default: 600)",
+    )
+    where.add_argument(
+        "--udp",
+        action="store_true",
+        help="also serve datagram echo on the same host(s) and port; off by "
+        "default, as UDP echo can be abused for reflection",
+    )
+    where.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that several servers share the port",
+    )
+
+    tls = parser.add_argument_group("TLS (every TCP listener speaks TLS)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
+    tls.add_argument(
+        "--tls-key", metavar="FILE", help="private key (PEM), if not in --tls-cert"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by these CAs (PEM)",
+    )
+    tls.add_argument(
+        "--tls-handshake-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to complete the handshake (default: %(default)s)",
+    )
+
+    limits = parser.add_argument_group("limits and timeouts")
+    limits.add_argument(
+        "--max-connections",
+        type=count_or_zero,
+        default=1000,
+        metavar="N",
+        help="connections served at once; at the limit new clients wait in the "
+        "listen queue; 0 for no limit (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=non_negative_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a connection that moved no byte either way for this long, "
+        "including one stuck sending to a client that does not read; 0 for never "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
+        "--drain-timeout",
+        type=non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on stop, how long open connections may finish (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--udp-blocked-ports",
+        type=port_set,
+        default=None,
+        metavar="LIST",
+        help="source ports never answered over UDP, e.g. 0-1023,1900,5353 "
+        "(default: 0-1023 and known amplifiers: 1900 3283 3702 5353 5683 11211)",
+    )
+    limits.add_argument(
+        "--udp-rate",
+        type=positive_float,
+        default=100.0,
+        metavar="PER_SECOND",
+        help="datagrams answered per second per source address (default: "
+        "%(default)s, with an equal burst)",
+    )
+    limits.add_argument(
+        "--udp-byte-rate",
+        type=byte_count,
+        default=256 * 1024,
+        metavar="BYTES",
+        help="bytes answered per second per source address (default: 256k, with "
+        "a 128k burst)",
+    )
+    limits.add_argument(
+        "--receive-size",
+        type=byte_count,
+        default=RECEIVE_SIZE,
+        metavar="BYTES",
+        help="most bytes read per receive, e.g. 65536 or 256k (default: 1M)",
+    )
+
+    run = parser.add_argument_group("running")
+    run.add_argument(
         "--backend",
         type=backend_name,
         default="auto",
@@ -150,20 +293,24 @@ def _add_serve_parser(subparsers: Any) -> None:
         "asyncio; asyncio:MODULE:FACTORY runs any other asyncio loop "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--drain-timeout",
-        type=non_negative_float,
-        default=5.0,
+    run.add_argument(
+        "--workers",
+        type=count_or_zero,
+        default=0,
+        metavar="N",
+        help="run N server processes sharing the port (SO_REUSEPORT, Linux) "
+        "under one supervisor that forwards signals and replaces a worker that "
+        "dies; 0 for a single process (default)",
+    )
+    run.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--stats-interval",
+        type=positive_float,
+        default=None,
         metavar="SECONDS",
-        help="on stop, how long open connections may finish (default: %(default)s)",
+        help="log a line of counters this often (a summary is always logged on exit)",
     )
-    parser.add_argument(
-        "--receive-size",
-        type=byte_count,
-        default=RECEIVE_SIZE,
-        metavar="BYTES",
-        help="most bytes read per receive, e.g. 65536 or 256k (default: %(default)s)",
-    )
+    add_fault_arguments(parser)
     add_logging_arguments(parser)
     parser.set_defaults(command=_serve_command)
 
@@ -200,6 +347,7 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -214,7 +362,8 @@ def configure_logging(level: str, fmt: str) -> None:
         formatter: logging.Formatter = _JsonFormatter()
     else:
         formatter = logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s",
+            "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s[%(process)d]: "
+            "%(message)s",
             "%Y-%m-%dT%H:%M:%S",
         )
     formatter.converter = time.gmtime
@@ -251,10 +400,18 @@ async def _stop_on_signals(server: EchoServer) -> None:
                 server.stop(0)
 
 
-async def run_server(server: EchoServer) -> None:
+async def _log_stats(server: EchoServer, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        logger.info("stats: %s", server.stats.summary())
+
+
+async def run_server(server: EchoServer, stats_interval: float | None = None) -> None:
     """Run ``server`` until a signal stops it (the body of ``anyecho serve``)."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, server)
+        if stats_interval:
+            tg.start_soon(_log_stats, server, stats_interval)
         await server.serve()
         tg.cancel_scope.cancel()
 
@@ -267,19 +424,97 @@ def _hosts(values: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(values)
 
 
+def _config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The server settings the options describe (``ValueError`` if inconsistent)."""
+    tcp = bool(args.host) or args.port is not None or not args.unix
+    if args.udp and not tcp:
+        raise ValueError("--udp needs TCP's --host/--port (it shares the TCP port)")
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca needs --tls-cert")
+    faults = faults_from_args(args)
+    options: dict[str, Any] = {}
+    if args.udp_blocked_ports is not None:
+        options["udp_blocked_ports"] = args.udp_blocked_ports
+    return ServerConfig(
+        host=_hosts(args.host),
+        port=(DEFAULT_PORT if args.port is None else args.port) if tcp else None,
+        unix=tuple(args.unix),
+        unix_mode=args.unix_mode,
+        udp=args.udp,
+        reuse_port=args.reuse_port,
+        ssl_context=(
+            tls_server_context(
+                args.tls_cert, args.tls_key, client_ca=args.tls_client_ca
+            )
+            if args.tls_cert
+            else None
+        ),
+        tls_handshake_timeout=args.tls_handshake_timeout,
+        max_connections=args.max_connections or None,
+        idle_timeout=args.idle_timeout or None,
+        drain_timeout=args.drain_timeout,
+        receive_size=args.receive_size,
+        udp_rate=RateLimit(args.udp_rate, args.udp_rate),
+        udp_byte_rate=RateLimit(args.udp_byte_rate, max(args.udp_byte_rate / 2, 65536)),
+        wrap_stream=faults.stream_wrapper() if faults else None,
+        **options,
+    )
+
+
 def _serve_command(args: argparse.Namespace) -> int:
     try:
         backend = resolve_backend(args.backend)
-        config = ServerConfig(
-            host=_hosts(args.host),
-            port=args.port,
-            drain_timeout=args.drain_timeout,
-            receive_size=args.receive_size,
-        )
+        config = _config_from_args(args)
+        if args.workers:
+            _check_workers(config)
     except (BackendUnavailableError, ValueError) as exc:
         return fail(str(exc), EXIT_USAGE)
     configure_logging(args.log_level, args.log_format)
-    return run_until_stopped(backend, run_server, EchoServer(config))
+    if args.workers:
+        return _supervise(args, config)
+    faults = faults_from_args(args)
+    if faults:
+        logger.info("injecting faults: %s", faults.describe())
+    server = EchoServer(config)
+    return run_until_stopped(backend, run_server, server, args.stats_interval)
+
+
+def _check_workers(config: ServerConfig) -> None:
+    check_reuse_port()
+    if config.unix:
+        raise ValueError("--workers cannot share a Unix socket: drop --unix")
+
+
+def _supervise(args: argparse.Namespace, config: ServerConfig) -> int:
+    """Start ``args.workers`` copies of this command on one shared port."""
+    try:
+        port, held = reserve_port(config.hosts, config.port or 0)
+    except OSError as exc:
+        return fail(f"cannot reserve port {config.port}: {exc.strerror or exc}")
+    argv = _worker_argv(sys.argv[2:] if args.argv is None else args.argv, port)
+    try:
+        return supervise(argv, args.workers)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _worker_argv(argv: Sequence[str], port: int) -> list[str]:
+    """The serve options for one worker: these, less --workers, on ``port``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in {"--workers", "--port"}:
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return [*kept, "--port", str(port), "--reuse-port"]
 
 
 def run_until_stopped(backend: Backend, func: Callable[..., Any], *args: Any) -> int:
@@ -292,7 +527,7 @@ def run_until_stopped(backend: Backend, func: Callable[..., Any], *args: Any) ->
         leaf = leaf_exception(exc)
         if isinstance(leaf, KeyboardInterrupt):
             return 0
-        if isinstance(leaf, OSError | ValueError):
+        if isinstance(leaf, OSError | ValueError | BackendUnavailableError):
             return fail(str(leaf))
         raise
     return 0
@@ -302,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anyecho`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = None if argv is None else list(argv)[1:]
     command = getattr(args, "command", None)
     if command is None:
         parser.print_usage(sys.stderr)
