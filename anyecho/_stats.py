@@ -22,7 +22,8 @@ class StatsSnapshot:
     :param datagrams_echoed: UDP datagrams echoed
     :param datagrams_dropped: UDP datagrams not answered (reflection guard, rate
         limit, send errors)
-    :param errors: errors by kind (``accept``, ``reset``, ``handler``, ``tls``,
+    :param errors: errors by kind, 0 for kinds not seen (``accept``, ``reset``,
+        ``handler``, ``tls``,
         ``timeout``, ...)
     """
 
@@ -106,5 +107,5 @@ class ServerStats:
             bytes_sent=sent,
             datagrams_echoed=self.datagrams_echoed,
             datagrams_dropped=self.datagrams_dropped,
-            errors=MappingProxyType(dict(self.errors)),
+            errors=MappingProxyType(Counter(self.errors)),
         )

@@ -1,0 +1,377 @@
+"""Unix sockets, TLS and UDP, in-process on every backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import stat
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trustme
+from anyio import BrokenResourceError, EndOfStream
+
+from anyecho import EchoServer, ListenAddress, ListenError, RateLimit
+from anyecho._udp import UDPGuard, parse_port_set
+
+from .utils import TIMEOUT, connect, exchange, random_bytes, receive_all
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running(**options: Any) -> AsyncIterator[EchoServer]:
+    options.setdefault("host", "127.0.0.1")
+    options.setdefault("port", 0)
+    server = EchoServer(**options)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        yield server
+        server.stop(0)
+
+
+def first(server: EchoServer, transport: str) -> ListenAddress:
+    return next(a for a in server.addresses if a.transport == transport)
+
+
+# --- Unix sockets -----------------------------------------------------------
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Iterator[Path]:
+    # Unix socket paths are limited to ~100 bytes; tmp_path can be longer.
+    short = Path(f"/tmp/anyecho-{os.getpid()}-{id(tmp_path) % 100000}.sock")
+    yield short
+    short.unlink(missing_ok=True)
+
+
+async def test_unix_echo_and_half_close(sock_path: Path) -> None:
+    payload = random_bytes(2 * 1024 * 1024)
+    with anyio.fail_after(TIMEOUT):
+        async with running(port=None, unix=[str(sock_path)]) as server:
+            [address] = server.addresses
+            assert address == ListenAddress("unix", path=str(sock_path))
+            assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
+            async with await connect(address) as stream:
+                assert await exchange(stream, payload) == payload
+            async with await connect(address) as stream:
+                await stream.send_eof()
+                assert await receive_all(stream) == b""
+    assert not sock_path.exists(), "the socket file is removed on exit"
+
+
+async def test_unix_alongside_tcp_with_mode(sock_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running(unix=[str(sock_path)], unix_mode=0o660) as server:
+            assert [a.transport for a in server.addresses] == ["tcp", "unix"]
+            assert stat.S_IMODE(sock_path.stat().st_mode) == 0o660
+            for address in server.addresses:
+                async with await connect(address) as stream:
+                    assert await exchange(stream, b"both") == b"both"
+
+
+async def test_unix_stale_socket_is_replaced(sock_path: Path) -> None:
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(sock_path))
+    dead.close()  # the file stays: a server that died without cleaning up
+    assert sock_path.exists()
+    with anyio.fail_after(TIMEOUT):
+        async with running(port=None, unix=[str(sock_path)]) as server:
+            async with await connect(server.addresses[0]) as stream:
+                assert await exchange(stream, b"fresh") == b"fresh"
+
+
+async def test_unix_live_socket_is_an_error(sock_path: Path) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running(port=None, unix=[str(sock_path)]) as server:
+            with pytest.raises(ListenError, match="a live server listens there"):
+                await EchoServer(port=None, unix=[str(sock_path)]).serve()
+            # The first server is untouched.
+            async with await connect(server.addresses[0]) as stream:
+                assert await exchange(stream, b"still") == b"still"
+
+
+async def test_unix_path_holding_a_file_is_an_error(sock_path: Path) -> None:
+    sock_path.write_text("not a socket")
+    with pytest.raises(ListenError, match="not a socket"):
+        await EchoServer(port=None, unix=[str(sock_path)]).serve()
+    assert sock_path.read_text() == "not a socket"
+
+
+# --- TLS --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    return context
+
+
+async def tls_half_close(
+    address: ListenAddress, context: ssl.SSLContext, payload: bytes
+) -> bytes:
+    """Send ``payload``, then close_notify, and read the echo to the server's end.
+
+    TLS 1.3 lets a peer keep reading after its close_notify; AnyIO's TLS stream
+    cannot half-close, so this client drives an :class:`ssl.SSLObject` itself.
+    """
+    assert address.host is not None
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    async with await anyio.connect_tcp(address.host, address.port) as tcp:
+
+        async def flush() -> None:
+            if data := outgoing.read():
+                await tcp.send(data)
+
+        async def pull() -> None:
+            try:
+                incoming.write(await tcp.receive())
+            except EndOfStream:
+                incoming.write_eof()
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await flush()
+                await pull()
+        tls.write(payload)
+        await flush()
+        try:
+            tls.unwrap()  # sends our close_notify
+        except ssl.SSLWantReadError:
+            pass
+        await flush()
+        echoed = bytearray()
+        while True:
+            try:
+                echoed += tls.read(65536)
+            except ssl.SSLWantReadError:
+                await pull()
+            except ssl.SSLZeroReturnError:  # the server's close_notify
+                return bytes(echoed)
+
+
+async def test_tls_echo_and_half_close(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    payload = random_bytes(100_000)
+    with anyio.fail_after(TIMEOUT):
+        async with running(ssl_context=server_context) as server:
+            address = first(server, "tls")
+            assert str(address).startswith("tls://127.0.0.1:")
+            async with await anyio.connect_tcp(
+                "127.0.0.1", address.port, ssl_context=client_context, tls=True
+            ) as stream:
+                await stream.send(b"over tls")
+                assert await stream.receive() == b"over tls"
+            assert await tls_half_close(address, client_context, payload) == payload
+
+
+async def garbage_client(port: int, data: bytes) -> bytes:
+    """Send non-TLS bytes to a TLS port; return what comes back before the end."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(data)
+        try:
+            return await receive_all(stream)
+        except BrokenResourceError:
+            return b""
+
+
+@pytest.mark.parametrize(
+    "data", [b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01\x00\x05garbage"]
+)
+async def test_tls_garbage_is_one_log_line_and_harms_nobody(
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    data: bytes,
+) -> None:
+    caplog.set_level(logging.INFO, logger="anyecho")
+    with anyio.fail_after(TIMEOUT):
+        async with running(ssl_context=server_context) as server:
+            port = first(server, "tls").port
+            async with await anyio.connect_tcp(
+                "127.0.0.1", port, ssl_context=client_context, tls=True
+            ) as good:
+                await good.send(b"before")
+                assert await good.receive() == b"before"
+                assert b"before" not in await garbage_client(port, data)
+                await good.send(b"after")
+                assert await good.receive() == b"after"
+            assert server.stats.errors["tls"] == 1
+    failures = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is None
+    assert "\n" not in failures[0].getMessage()
+
+
+async def test_tls_handshake_timeout(
+    server_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="anyecho")
+    with anyio.fail_after(TIMEOUT):
+        async with running(
+            ssl_context=server_context, tls_handshake_timeout=0.2
+        ) as server:
+            port = first(server, "tls").port
+            async with await anyio.connect_tcp("127.0.0.1", port) as silent:
+                start = anyio.current_time()
+                with suppress(BrokenResourceError):
+                    assert await receive_all(silent) == b""
+                assert anyio.current_time() - start >= 0.2
+            assert server.stats.errors["tls"] == 1
+    assert any("no handshake within 0.2s" in r.getMessage() for r in caplog.records)
+
+
+async def test_tls_client_certificate_required(
+    ca: trustme.CA, client_context: ssl.SSLContext
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    with_cert = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(with_cert)
+    ca.issue_cert("client@example.org").configure_cert(with_cert)
+    with anyio.fail_after(TIMEOUT):
+        async with running(ssl_context=server_context) as server:
+            port = first(server, "tls").port
+            async with await anyio.connect_tcp(
+                "localhost", port, ssl_context=with_cert, tls=True
+            ) as stream:
+                await stream.send(b"mutual")
+                assert await stream.receive() == b"mutual"
+            # TLS 1.3: the client learns of the refusal on its first read.
+            with pytest.raises((BrokenResourceError, ssl.SSLError, EndOfStream)):
+                async with await anyio.connect_tcp(
+                    "localhost", port, ssl_context=client_context, tls=True
+                ) as stream:
+                    await stream.send(b"anonymous")
+                    await stream.receive()
+            assert server.stats.errors["tls"] >= 1
+
+
+def test_tls_server_context_errors(tmp_path: Path) -> None:
+    from anyecho import tls_server_context
+
+    with pytest.raises(ValueError, match="cannot load TLS certificate") as info:
+        tls_server_context(tmp_path / "missing.pem")
+    assert "\n" not in str(info.value)
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ValueError, match="cannot load TLS certificate"):
+        tls_server_context(bad)
+
+
+# --- UDP --------------------------------------------------------------------
+
+
+async def test_udp_echo() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running(udp=True) as server:
+            udp = first(server, "udp")
+            assert udp.port == first(server, "tcp").port
+            async with await anyio.create_udp_socket(local_host="127.0.0.1") as client:
+                for size in (1, 512, 65_000):
+                    payload = random_bytes(size)
+                    await client.sendto(payload, "127.0.0.1", udp.port)
+                    data, source = await client.receive()
+                    assert data == payload
+                    assert source == ("127.0.0.1", udp.port)
+            assert server.stats.datagrams_echoed == 3
+
+
+async def collect(client: anyio.abc.UDPSocket, window: float = 0.2) -> list[bytes]:
+    """Datagrams already queued for ``client`` (waits ``window`` for stragglers)."""
+    received: list[bytes] = []
+    with anyio.move_on_after(window):
+        while True:
+            received.append((await client.receive())[0])
+    return received
+
+
+async def test_udp_guard_drops_blocked_source_ports() -> None:
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as victim:
+        blocked_port = victim.extra(anyio.abc.SocketAttribute.local_port)
+        with anyio.fail_after(TIMEOUT):
+            async with running(udp=True, udp_blocked_ports={blocked_port}) as server:
+                port = first(server, "udp").port
+                async with await anyio.create_udp_socket(
+                    local_host="127.0.0.2"
+                ) as sentinel:
+                    await victim.sendto(b"reflect me", "127.0.0.1", port)
+                    # Datagrams are handled in order: once the sentinel is
+                    # answered, the first one has been decided on.
+                    await sentinel.sendto(b"sentinel", "127.0.0.1", port)
+                    assert (await sentinel.receive())[0] == b"sentinel"
+                assert await collect(victim) == []
+                assert server.stats.datagrams_dropped == 1
+                assert server.stats.errors["udp blocked source port"] == 1
+
+
+async def test_udp_rate_limit_per_source() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running(udp=True, udp_rate=RateLimit(1.0, 3.0)) as server:
+            port = first(server, "udp").port
+            async with (
+                await anyio.create_udp_socket(local_host="127.0.0.1") as flood,
+                await anyio.create_udp_socket(local_host="127.0.0.2") as sentinel,
+            ):
+                for index in range(10):
+                    await flood.sendto(b"%d" % index, "127.0.0.1", port)
+                await sentinel.sendto(b"sentinel", "127.0.0.1", port)
+                assert (await sentinel.receive())[0] == b"sentinel"
+                assert await collect(flood) == [b"0", b"1", b"2"]
+            assert server.stats.datagrams_dropped == 7
+            assert server.stats.datagrams_echoed == 4
+
+
+def test_udp_guard_buckets() -> None:
+    guard = UDPGuard(
+        blocked_ports=parse_port_set("0-1023,1900"),
+        packets=RateLimit(10.0, 2.0),
+        data=RateLimit(1000.0, 1500.0),
+        max_sources=2,
+    )
+    assert guard.check("10.0.0.1", 0, 10, now=0.0) == "blocked source port"
+    assert guard.check("10.0.0.1", 7, 10, now=0.0) == "blocked source port"
+    assert guard.check("10.0.0.1", 19, 10, now=0.0) == "blocked source port"
+    assert guard.check("10.0.0.1", 1900, 10, now=0.0) == "blocked source port"
+    assert guard.check("10.0.0.1", 40000, 1000, now=0.0) is None
+    assert guard.check("10.0.0.1", 40000, 1000, now=0.0) == "rate limit"  # bytes
+    assert guard.check("10.0.0.1", 40000, 100, now=0.0) is None
+    assert guard.check("10.0.0.1", 40000, 1, now=0.0) == "rate limit"  # packets
+    assert guard.check("10.0.0.1", 40000, 100, now=0.1) is None  # refilled
+    # Only two sources are remembered; a third evicts the oldest.
+    assert guard.check("10.0.0.2", 40000, 1, now=0.1) is None
+    assert guard.check("10.0.0.3", 40000, 1, now=0.1) is None
+    assert guard.check("10.0.0.1", 40000, 1, now=0.1) is None  # fresh bucket
+
+
+def test_port_set_parsing() -> None:
+    assert parse_port_set("7, 9,13-15") == {7, 9, 13, 14, 15}
+    for bad in ("x", "5-3", "70000", "1-2-3"):
+        with pytest.raises(ValueError, match="invalid port"):
+            parse_port_set(bad)
