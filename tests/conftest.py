@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import pytest
 
 from anyecho import EchoServer, ListenAddress
+
+from .processes import ServerProcess
 
 BACKEND_NAMES = ("asyncio", "uvloop", "trio")
 
@@ -91,3 +93,18 @@ async def server() -> AsyncIterator[EchoServer]:
 def address(server: EchoServer) -> ListenAddress:
     """The first address the ``server`` fixture listens on."""
     return server.addresses[0]
+
+
+@pytest.fixture
+def run() -> Iterator[type[ServerProcess]]:
+    """Start ``python -m anyecho ARGS`` processes; all are killed at teardown."""
+    started: list[ServerProcess] = []
+
+    class Tracked(ServerProcess):
+        def __init__(self, *args: str, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill()

@@ -3,99 +3,19 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from anyecho.cli import build_parser, main
 
+from .processes import ServerProcess, echo_once, one_line_error
 from .utils import TIMEOUT
-
-
-class ServerProcess:
-    """``python -m anyecho ...`` with its stderr read line by line in a thread."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "anyecho", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern: str) -> re.Match[str]:
-        """The first stderr line matching ``pattern`` (fails on exit or timeout)."""
-        while True:
-            try:
-                line = self.lines.get(timeout=TIMEOUT)
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern!r} in {TIMEOUT}s")
-            if line is None:
-                pytest.fail(f"exited without {pattern!r}: {''.join(self.stderr)}")
-            self.stderr.append(line)
-            if match := re.search(pattern, line):
-                return match
-
-    def wait_port(self) -> int:
-        return int(self.wait_for(r"serving echo on tcp://127\.0\.0\.1:(\d+)").group(1))
-
-    def finish(self) -> tuple[int, str]:
-        """Wait for exit; the status and the whole of stderr."""
-        status = self.proc.wait(timeout=TIMEOUT)
-        while (line := self.lines.get(timeout=TIMEOUT)) is not None:
-            self.stderr.append(line)
-        return status, "".join(self.stderr)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def run() -> Iterator[type[ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    class Tracked(ServerProcess):
-        def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-            super().__init__(*args, env=env)
-            started.append(self)
-
-    yield Tracked
-    for process in started:
-        process.kill()
-
-
-def echo_once(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
@@ -160,23 +80,6 @@ def test_module_and_script_entry_points() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert re.fullmatch(r"\d+\.\d+\.\d+.*\n", result.stdout)
-
-
-def one_line_error(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "anyecho", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env,
-        check=False,
-    )
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("anyecho")
-    assert ": error: " in lines[0]
-    return result.returncode, lines[0]
 
 
 @pytest.mark.parametrize(
