@@ -15,7 +15,7 @@ import os
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.default_venv_backend = "venv"
+nox.options.default_venv_backend = "uv|venv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 nox.options.sessions = ["tests", "lint", "typecheck"]
