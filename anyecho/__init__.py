@@ -22,6 +22,7 @@ from ._stats import StatsSnapshot as StatsSnapshot
 from ._tls import tls_server_context as tls_server_context
 from ._udp import DEFAULT_UDP_BLOCKED_PORTS as DEFAULT_UDP_BLOCKED_PORTS
 from ._udp import RateLimit as RateLimit
+from ._wrap import StreamWrapper as StreamWrapper
 from .faults import Faults as Faults
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RateLimit",
     "ServerConfig",
     "StatsSnapshot",
+    "StreamWrapper",
     "echo",
     "resolve_backend",
     "serve",

@@ -10,7 +10,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -42,6 +42,7 @@ from ._echo import echo
 from ._fastpath import wrap_listener
 from ._stats import ByteCounter, ServerStats, StatsSnapshot
 from ._udp import UDPGuard, serve_udp
+from ._wrap import StreamWrapper
 
 __all__ = ["EchoServer", "ListenAddress", "ListenError", "serve"]
 
@@ -133,13 +134,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
 
 
-class _Connection(ByteStream):
+class _Connection(StreamWrapper):
     """The accepted stream, counting bytes for the stats as they pass."""
 
-    __slots__ = ("_counter", "_receive", "_send", "stream")
+    __slots__ = ("_counter", "_receive", "_send")
 
     def __init__(self, stream: ByteStream, counter: ByteCounter) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self._counter = counter
         self._receive = stream.receive
         self._send = stream.send
@@ -152,16 +153,6 @@ class _Connection(ByteStream):
     async def send(self, item: bytes) -> None:
         await self._send(item)
         self._counter.sent += len(item)
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Any]:
-        return self.stream.extra_attributes
 
 
 class EchoServer:

@@ -31,14 +31,16 @@ import random
 import re
 import socket
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute
+
+from ._wrap import StreamWrapper as _Wrapper
 
 __all__ = [
     "Faults",
@@ -117,29 +119,6 @@ def default_burst(rate: float) -> int:
 
 
 # --- the wrappers -------------------------------------------------------------
-
-
-class _Wrapper(ByteStream):
-    """A byte stream that passes everything through to ``stream``."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        self.stream = stream
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self.stream.receive(max_bytes)
-
-    async def send(self, item: bytes) -> None:
-        await self.stream.send(item)
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.stream.extra_attributes
 
 
 class _Delayed(_Wrapper):

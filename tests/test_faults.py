@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anyecho
+from anyecho._wrap import StreamWrapper
 from anyecho.faults import (
     Faults,
     add_fault_arguments,
@@ -75,29 +76,16 @@ class MemoryStream(ByteStream):
         return {}
 
 
-class SendRecorder(ByteStream):
+class SendRecorder(StreamWrapper):
     """Wraps the server's stream and records the size of every send (server side)."""
 
     def __init__(self, stream: ByteStream) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.sizes: list[int] = []
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self.stream.receive(max_bytes)
 
     async def send(self, item: bytes) -> None:
         self.sizes.append(len(item))
         await self.stream.send(item)
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.stream.extra_attributes
 
 
 def recording(into: list[SendRecorder]) -> Callable[[ByteStream], ByteStream]:

@@ -16,13 +16,19 @@ from typing import Any
 import anyio
 import pytest
 from anyio import BrokenResourceError, EndOfStream
-from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import anyecho
-from anyecho import EchoServer, ListenAddress, ListenError, ServerConfig
+from anyecho import (
+    EchoServer,
+    ListenAddress,
+    ListenError,
+    ServerConfig,
+    StreamWrapper,
+)
 
 from .utils import TIMEOUT, connect, exchange, random_bytes, receive_all
 
@@ -213,30 +219,14 @@ async def test_handler_error_ends_that_connection_only(
     class BoomError(Exception):
         pass
 
-    class FailOnMagic(ByteStream):
+    class FailOnMagic(StreamWrapper):
         """Raises inside the handler when it sees b"boom"."""
-
-        def __init__(self, stream: ByteStream) -> None:
-            self.stream = stream
 
         async def receive(self, max_bytes: int = 65536) -> bytes:
             data = await self.stream.receive(max_bytes)
             if data == b"boom":
                 raise BoomError
             return data
-
-        async def send(self, item: bytes) -> None:
-            await self.stream.send(item)
-
-        async def send_eof(self) -> None:
-            await self.stream.send_eof()
-
-        async def aclose(self) -> None:
-            await self.stream.aclose()
-
-        @property
-        def extra_attributes(self) -> Any:
-            return self.stream.extra_attributes
 
     server = EchoServer(host="127.0.0.1", port=0, wrap_stream=FailOnMagic)
     caplog.set_level(logging.ERROR, logger="anyecho")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -15,6 +13,7 @@ from anyio.streams.tls import TLSListener
 import anyecho
 import anyecho.pytest_plugin
 from anyecho import EchoServer, ListenAddress, ServerConfig
+from anyecho._wrap import StreamWrapper
 from anyecho.faults import Faults
 from anyecho.pytest_plugin import EchoServerFactory
 from anyecho.testing import TEST_DEFAULTS, RunningServer, serving
@@ -36,29 +35,16 @@ async def round_trip(stream: ByteStream, message: bytes = b"ping") -> None:
     assert await receive_exactly(stream, len(message)) == message
 
 
-class SendSizes(ByteStream):
+class SendSizes(StreamWrapper):
     """Records the size of every send the server makes, nearest the socket."""
 
     def __init__(self, stream: ByteStream, sizes: list[int]) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.sizes = sizes
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self.stream.receive(max_bytes)
 
     async def send(self, item: bytes) -> None:
         self.sizes.append(len(item))
         await self.stream.send(item)
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.stream.extra_attributes
 
 
 def config_has(field: str) -> bool:
