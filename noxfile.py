@@ -18,7 +18,7 @@ nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "uv|venv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 BACKENDS = ["asyncio", "uvloop", "trio"]

@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_PORT", "ServerConfig"]
 #: privileged on most systems.)
 DEFAULT_PORT = 8888
 
-StreamWrapper = Callable[[ByteStream], ByteStream]
+WrapStream = Callable[[ByteStream], ByteStream]
 
 
 def _check_port(port: object) -> None:
@@ -88,7 +88,7 @@ class ServerConfig:
     port: int | None = DEFAULT_PORT
     backlog: int = 4096
     receive_size: int = RECEIVE_SIZE
-    wrap_stream: StreamWrapper | None = None
+    wrap_stream: WrapStream | None = None
     drain_timeout: float = 5.0
     unix: tuple[str, ...] = ()
     unix_mode: int = 0o600

@@ -27,7 +27,8 @@ logger = logging.getLogger("anyecho")
 #: Source ports never answered: 0 (not a real port), every well-known port (0-1023:
 #: echo 7, discard 9, daytime 13, qotd 17, chargen 19, time 37, DNS 53, NTP 123,
 #: SNMP 161, ...), and registered ports of services known to reflect or amplify
-#: (SSDP 1900, WS-Discovery 3702, mDNS 5353, CoAP 5683, memcached 11211).
+#: (SSDP 1900, Apple Remote Desktop 3283, WS-Discovery 3702, mDNS 5353, CoAP 5683,
+#: memcached 11211).
 DEFAULT_UDP_BLOCKED_PORTS: frozenset[int] = frozenset(
     {*range(1024), 1900, 3283, 3702, 5353, 5683, 11211}
 )

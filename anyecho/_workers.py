@@ -109,7 +109,9 @@ class _Supervisor:
         slot, started = self.workers.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if self.signals:
-            if code != 0:
+            # -SIGTERM: the forwarded signal reached a worker still starting up,
+            # before it could handle it; it had served nothing, so all is well.
+            if code not in (0, -signal.SIGTERM):
                 self.unclean_exits += 1
                 logger.warning(
                     "worker %d (pid %d) exited with status %d", slot, pid, code
