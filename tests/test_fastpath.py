@@ -1,0 +1,662 @@
+"""The event-loop-specific listeners and streams, against real loopback sockets.
+
+Every contract test runs on each backend. On Trio :func:`wrap_listener` hands back
+AnyIO's own listener, so there the same tests check AnyIO's Trio stream: the
+reference that the asyncio fast path must behave like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio import (
+    BrokenResourceError,
+    BusyResourceError,
+    CancelScope,
+    ClosedResourceError,
+    EndOfStream,
+)
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
+
+from anyecho import EchoServer, echo
+from anyecho import _fastpath as fastpath
+from anyecho._fastpath import AsyncioListener, AsyncioStream, wrap_listener
+
+from .utils import TIMEOUT, exchange, random_bytes, receive_all
+
+pytestmark = pytest.mark.anyio
+
+#: One read by an asyncio transport, at most: how far the read-ahead may overshoot.
+TRANSPORT_READ = 256 * 1024
+
+
+@pytest.fixture
+async def inner() -> AsyncIterator[SocketListener]:
+    """AnyIO's own TCP listener on 127.0.0.1, closed at the end (as the server does)."""
+    multi = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with multi:
+        [listener] = multi.listeners
+        assert isinstance(listener, SocketListener)
+        yield listener
+
+
+@pytest.fixture
+async def listener(inner: SocketListener, anyio_backend_name: str) -> SocketListener:
+    """What the server accepts from: the fast path on asyncio.
+
+    (Async, so that it runs in the event loop, as the server calls it.)
+    """
+    listener = wrap_listener(inner)
+    fast = fastpath.ENABLED and anyio_backend_name != "trio"
+    assert isinstance(listener, AsyncioListener) == fast
+    return listener
+
+
+def port_of(listener: SocketListener) -> int:
+    return int(listener.extra(SocketAttribute.local_port))
+
+
+def is_fast(stream: object) -> bool:
+    return isinstance(stream, AsyncioStream)
+
+
+def skip_on_anyio_asyncio(stream: object, why: str) -> None:
+    """Skip where AnyIO's own asyncio stream (``ANYECHO_FASTPATH=0``) differs."""
+    if type(stream).__module__ == "anyio._backends._asyncio":
+        pytest.skip(f"AnyIO's asyncio stream {why}")
+
+
+@asynccontextmanager
+async def connected(
+    listener: SocketListener,
+) -> AsyncIterator[tuple[SocketStream, SocketStream]]:
+    """A (server side, client side) pair over loopback TCP, both closed on exit."""
+    client = await anyio.connect_tcp("127.0.0.1", port_of(listener))
+    with anyio.fail_after(TIMEOUT):
+        server = await listener.accept()
+    async with client, server:
+        yield server, client
+
+
+@asynccontextmanager
+async def stalled(
+    listener: SocketListener,
+) -> AsyncIterator[tuple[SocketStream, socket.socket]]:
+    """A server side whose peer does not read: a plain non-blocking socket.
+
+    (A client stream would not do: AnyIO's asyncio stream reads ahead, without a
+    bound, until its first receive.) Small socket buffers make sends block soon.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port_of(listener)))  # loopback: no waiting
+    sock.setblocking(False)
+    with sock, anyio.fail_after(TIMEOUT):
+        server = await listener.accept()
+        raw = server.extra(SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        async with server:
+            yield server, sock
+
+
+async def read_at_last(sock: socket.socket) -> bytes:
+    """Everything the peer of a :func:`stalled` socket sends, to its end."""
+    async with await SocketStream.from_socket(sock.dup()) as client:
+        sock.close()
+        return await receive_all(client)
+
+
+async def receive_exactly(stream: ByteStream, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        received += await stream.receive(size - len(received))
+    return bytes(received)
+
+
+# -- which listener -----------------------------------------------------------------
+
+
+async def test_wrapped_on_asyncio_unchanged_on_trio(
+    inner: SocketListener, anyio_backend_name: str
+) -> None:
+    if not fastpath.ENABLED:
+        pytest.skip("ANYECHO_FASTPATH=0")
+    wrapped = wrap_listener(inner)
+    if anyio_backend_name == "trio":
+        assert wrapped is inner
+        return
+    assert isinstance(wrapped, AsyncioListener)
+    assert wrapped.inner is inner
+    assert wrapped.extra(SocketAttribute.raw_socket) is inner.extra(
+        SocketAttribute.raw_socket
+    )
+    assert port_of(wrapped) == port_of(inner)
+    async with connected(wrapped) as (server, _):
+        assert isinstance(server, AsyncioStream)
+
+
+async def test_switched_off_or_foreign_listeners_are_left_alone(
+    inner: SocketListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Foreign(SocketListener):
+        async def accept(self) -> SocketStream:
+            return await inner.accept()
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+        @property
+        def _raw_socket(self) -> socket.socket:
+            return inner.extra(SocketAttribute.raw_socket)
+
+    foreign = Foreign()
+    assert wrap_listener(foreign) is foreign
+    monkeypatch.setattr(fastpath, "ENABLED", False)
+    assert wrap_listener(inner) is inner
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"), [("0", False), ("off", False), ("1", True), ("", True)]
+)
+def test_environment_switch(value: str, enabled: bool) -> None:
+    code = "import anyecho._fastpath as f; print(f.ENABLED)"
+    env = {**os.environ, "ANYECHO_FASTPATH": value}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == str(enabled)
+
+
+# -- echo, sizes and max_bytes ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 1000, 65536, 256 * 1024 + 1, 1024 * 1024 + 3, 16 * 1024 * 1024]
+)
+async def test_echo_is_exact(listener: SocketListener, size: int) -> None:
+    payload = random_bytes(size)
+    async with connected(listener) as (server, client):
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(echo, server)
+                assert await exchange(client, payload, chunk=300_000) == payload
+
+
+async def test_receive_honours_max_bytes(listener: SocketListener) -> None:
+    payload = random_bytes(300_000)
+    async with connected(listener) as (server, client):
+        await client.send(payload)
+        await client.send_eof()
+        with pytest.raises(ValueError, match="max_bytes"):
+            await server.receive(0)
+        received = bytearray()
+        sizes = [1, 7, 100, 4096, 65536, 100_000]
+        with anyio.fail_after(TIMEOUT):
+            for i in range(10_000):
+                size = sizes[i % len(sizes)]
+                try:
+                    data = await server.receive(size)
+                except EndOfStream:
+                    break
+                assert isinstance(data, bytes)
+                assert 1 <= len(data) <= size
+                received += data
+        assert received == payload
+
+
+async def test_small_writes_waiting_together_come_out_together(
+    listener: SocketListener,
+) -> None:
+    async with connected(listener) as (server, client):
+        skip_on_anyio_asyncio(server, "hands out one transport read per receive")
+        for _ in range(100):
+            await client.send(b"x" * 100)
+            await anyio.sleep(0.001)  # separate reads on the server side
+        await anyio.sleep(0.1)
+        with anyio.fail_after(TIMEOUT):
+            assert await server.receive(5000) == b"x" * 5000
+            assert await server.receive() == b"x" * 5000
+
+
+async def test_concurrent_receives_are_busy(listener: SocketListener) -> None:
+    async with connected(listener) as (server, client):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.receive)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(BusyResourceError):
+                await server.receive()
+            await client.send(b"x")
+        with anyio.fail_after(TIMEOUT):
+            await server.send(b"still fine")
+            assert await client.receive() == b"still fine"
+
+
+# -- ends: EOF, half-close, reset, close --------------------------------------------
+
+
+async def test_end_of_stream_after_peer_eof_and_half_close(
+    listener: SocketListener,
+) -> None:
+    async with connected(listener) as (server, client):
+        with anyio.fail_after(TIMEOUT):
+            await client.send(b"last words")
+            await client.send_eof()
+            assert await receive_exactly(server, 10) == b"last words"
+            for _ in range(2):  # and stays at the end
+                with pytest.raises(EndOfStream):
+                    await server.receive()
+            # The other direction still works, then ends the same way.
+            await server.send(b"reply")
+            await server.send_eof()
+            assert await receive_all(client) == b"reply"
+
+
+async def test_half_close_from_the_server_side(listener: SocketListener) -> None:
+    async with connected(listener) as (server, client):
+        with anyio.fail_after(TIMEOUT):
+            await server.send(b"hello")
+            await server.send_eof()
+            assert await receive_all(client) == b"hello"
+            await client.send(b"still listening?")
+            assert await receive_exactly(server, 16) == b"still listening?"
+            await server.send_eof()  # again: harmless
+
+
+async def test_reset_is_a_broken_resource(listener: SocketListener) -> None:
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", port_of(listener)))
+    with anyio.fail_after(TIMEOUT):
+        server = await listener.accept()
+    async with server:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        with anyio.fail_after(TIMEOUT), pytest.raises(BrokenResourceError):
+            await server.receive()
+        with anyio.fail_after(TIMEOUT), pytest.raises(BrokenResourceError):
+            for _ in range(100):  # the first sends may still be taken
+                await server.send(b"anyone?")
+                await anyio.sleep(0.01)
+
+
+async def test_closed_resource_after_aclose(listener: SocketListener) -> None:
+    async with connected(listener) as (server, client):
+        skip_on_anyio_asyncio(server, "hands out buffered data after aclose()")
+        await client.send(b"unread")
+        await server.aclose()
+        with pytest.raises(ClosedResourceError):
+            await server.receive()
+        with pytest.raises(ClosedResourceError):
+            await server.send(b"x")
+        await server.aclose()  # again: harmless
+        with anyio.fail_after(TIMEOUT), contextlib.suppress(BrokenResourceError):
+            assert await receive_all(client) == b""
+
+
+async def test_aclose_wakes_a_blocked_receive(listener: SocketListener) -> None:
+    async with connected(listener) as (server, _):
+        errors: list[BaseException] = []
+
+        async def receive() -> None:
+            try:
+                await server.receive()
+            except BaseException as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receive)
+                await anyio.wait_all_tasks_blocked()
+                await server.aclose()
+        [error] = errors
+        assert isinstance(error, ClosedResourceError)
+
+
+async def test_aclose_still_delivers_what_was_sent(listener: SocketListener) -> None:
+    payload = random_bytes(8 * 1024 * 1024)
+    async with stalled(listener) as (server, sock):
+        sent = 0
+        with anyio.move_on_after(0.5):
+            for start in range(0, len(payload), 1024):
+                await server.send(payload[start : start + 1024])
+                sent = start + 1024
+        assert 0 < sent < len(payload), "a peer that does not read must block sends"
+        await server.aclose()
+        with anyio.fail_after(TIMEOUT):
+            received = await read_at_last(sock)
+        assert received == payload[: len(received)]
+        assert len(received) >= sent
+
+
+# -- cancellation ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def assert_yields(backend: str) -> Iterator[None]:
+    """Fail unless the block lets the event loop run something else."""
+    if backend == "trio":
+        from trio.testing import assert_checkpoints
+
+        with assert_checkpoints():
+            yield
+        return
+    ran: list[bool] = []
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    yield
+    assert ran, "the event loop did not get to run anything else"
+
+
+async def test_receive_and_send_are_checkpoints(
+    listener: SocketListener, anyio_backend_name: str
+) -> None:
+    async with connected(listener) as (server, client):
+        await client.send(b"ready")
+        await anyio.sleep(0.1)  # time enough to arrive
+        if isinstance(server, AsyncioStream):
+            assert server.read_buffered == 5
+        with assert_yields(anyio_backend_name):
+            assert await server.receive() == b"ready"  # the data was there
+        with assert_yields(anyio_backend_name):
+            await server.send(b"ok")
+        assert await receive_exactly(client, 2) == b"ok"
+
+
+async def test_cancelled_receive_and_send_have_no_effect(
+    listener: SocketListener,
+) -> None:
+    async with connected(listener) as (server, client):
+        await client.send(b"kept")
+        await anyio.wait_all_tasks_blocked()
+        with CancelScope() as scope:
+            scope.cancel()
+            await server.receive()
+        assert scope.cancelled_caught
+        with CancelScope() as scope:
+            scope.cancel()
+            await server.send(b"never sent ")
+        assert scope.cancelled_caught
+        with anyio.fail_after(TIMEOUT):
+            assert await receive_exactly(server, 4) == b"kept"
+            await server.send(b"sent")
+            await server.send_eof()
+            assert await receive_all(client) == b"sent"
+
+
+async def test_cancelled_blocked_receive_leaves_the_stream_usable(
+    listener: SocketListener,
+) -> None:
+    async with connected(listener) as (server, client):
+        with anyio.move_on_after(0.05) as scope:
+            await server.receive()
+        assert scope.cancelled_caught
+        with anyio.fail_after(TIMEOUT):
+            await client.send(b"after")
+            assert await receive_exactly(server, 5) == b"after"
+            await server.send(b"both ways")
+            assert await receive_exactly(client, 9) == b"both ways"
+
+
+async def test_cancelled_blocked_send(
+    listener: SocketListener, anyio_backend_name: str
+) -> None:
+    chunk = 65536
+    payload = random_bytes(64 * 1024 * 1024)
+    async with stalled(listener) as (server, sock):
+        sent = 0
+        with anyio.move_on_after(0.5) as scope:
+            for start in range(0, len(payload), chunk):
+                await server.send(payload[start : start + chunk])
+                sent = start + chunk
+        assert scope.cancelled_caught, "a peer that does not read must block sends"
+        if is_fast(server):
+            assert isinstance(server, AsyncioStream)
+            assert server.write_buffered <= fastpath.WRITE_HIGH + chunk
+        if anyio_backend_name == "trio":
+            return  # Trio leaves a cancelled send_all's stream in an unknown state.
+
+        # What the cancelled send wrote, if anything, goes out first; the stream
+        # goes on in order after it.
+        async def finish() -> None:
+            await server.send(b"tail")
+            await server.send_eof()
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(finish)
+                received = await read_at_last(sock)
+        assert received.endswith(b"tail")
+        body = received[:-4]
+        assert len(body) in (sent, sent + chunk)
+        assert body == payload[: len(body)]
+
+
+# -- backpressure ---------------------------------------------------------------------
+
+
+async def test_read_ahead_is_bounded(listener: SocketListener) -> None:
+    payload = random_bytes(32 * 1024 * 1024)
+    async with connected(listener) as (server, client):
+        skip_on_anyio_asyncio(server, "reads ahead without a bound")
+        done = anyio.Event()
+
+        async def send() -> None:
+            await client.send(payload)
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            await anyio.sleep(0.5)  # the server does not receive meanwhile
+            assert not done.is_set(), "the server must stop reading"
+            if is_fast(server):
+                assert isinstance(server, AsyncioStream)
+                assert 0 < server.read_buffered <= fastpath.READ_HIGH + TRANSPORT_READ
+            with anyio.fail_after(TIMEOUT):
+                received = await receive_exactly(server, len(payload))
+        assert received == payload
+
+
+async def test_server_backpressure_end_to_end(anyio_backend_name: str) -> None:
+    """A client that writes without reading stalls the server at a small bound."""
+    streams: list[ByteStream] = []
+
+    def capture(stream: ByteStream) -> ByteStream:
+        streams.append(stream)
+        return stream
+
+    if not fastpath.ENABLED and anyio_backend_name != "trio":
+        pytest.skip("AnyIO's asyncio stream reads ahead without a bound")
+    server = EchoServer(host="127.0.0.1", port=0, wrap_stream=capture)
+    payload = random_bytes(64 * 1024 * 1024)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", address.port))
+                sock.setblocking(False)
+                written = await write_for(sock, payload, 1.0)
+                assert written < len(payload), "the server must stop taking data"
+                [counted] = streams
+                stream = getattr(counted, "stream", None)
+                if anyio_backend_name != "trio":
+                    assert isinstance(stream, AsyncioStream)
+                    assert stream.read_buffered <= fastpath.READ_HIGH + TRANSPORT_READ
+                    limit = fastpath.WRITE_HIGH + server.config.receive_size
+                    assert stream.write_buffered <= limit
+                stats = server.stats
+                held = stats.bytes_received - stats.bytes_sent
+                assert stats.bytes_received > 0
+                assert held <= server.config.receive_size
+            server.stop(0)
+
+
+async def write_for(sock: socket.socket, payload: bytes, seconds: float) -> int:
+    """Write ``payload`` to a non-blocking socket for a while; return bytes taken."""
+    written = 0
+    with anyio.move_on_after(seconds):
+        while written < len(payload):
+            try:
+                written += sock.send(payload[written : written + 65536])
+            except BlockingIOError:
+                await anyio.sleep(0.005)  # polls: anyio>=4.6 has no wait_writable()
+            else:
+                await anyio.lowlevel.checkpoint()
+    return written
+
+
+# -- attributes -----------------------------------------------------------------------
+
+
+async def test_socket_attributes(listener: SocketListener) -> None:
+    async with connected(listener) as (server, client):
+        assert server.extra(SocketAttribute.family) == socket.AF_INET
+        assert server.extra(SocketAttribute.local_address) == client.extra(
+            SocketAttribute.remote_address
+        )
+        assert server.extra(SocketAttribute.remote_address) == client.extra(
+            SocketAttribute.local_address
+        )
+        assert server.extra(SocketAttribute.local_port) == port_of(listener)
+        assert server.extra(SocketAttribute.remote_port) == client.extra(
+            SocketAttribute.local_port
+        )
+        raw = server.extra(SocketAttribute.raw_socket)
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+# -- listeners ------------------------------------------------------------------------
+
+
+async def test_accept_after_close_and_during_close(
+    inner: SocketListener, anyio_backend_name: str
+) -> None:
+    listener = wrap_listener(inner)
+    errors: list[BaseException] = []
+
+    async def accept() -> None:
+        try:
+            await listener.accept()
+        except BaseException as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(accept)
+            await anyio.wait_all_tasks_blocked()
+            await listener.aclose()
+    [error] = errors
+    assert isinstance(error, ClosedResourceError)
+    with pytest.raises(ClosedResourceError):
+        await listener.accept()
+
+
+async def test_closing_the_inner_listener_closes_ours(inner: SocketListener) -> None:
+    listener = wrap_listener(inner)
+    await inner.aclose()  # what the server does
+    with pytest.raises(ClosedResourceError):
+        await listener.accept()
+
+
+async def accept_error(
+    listener: SocketListener, connect: Callable[[], socket.socket]
+) -> BaseException:
+    """What ``listener.accept()`` raises when no descriptor is left for the peer.
+
+    The connection is then accepted and closed, leaving the listener as it was.
+    """
+    client = connect()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor
+    os.close(probe)
+    error: BaseException | None = None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        with anyio.fail_after(5):
+            await listener.accept()
+    except (OSError, BrokenResourceError) as exc:
+        error = exc
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with anyio.fail_after(TIMEOUT):
+        stream = await listener.accept()
+    await stream.aclose()
+    client.close()
+    assert error is not None, "accept() succeeded without a free descriptor"
+    return error
+
+
+def tcp_client(port: int) -> Callable[[], socket.socket]:
+    return lambda: socket.create_connection(("127.0.0.1", port))
+
+
+async def test_accept_errors_surface_as_anyio_surfaces_them(
+    inner: SocketListener,
+) -> None:
+    reference = await accept_error(inner, tcp_client(port_of(inner)))
+    listener = wrap_listener(inner)
+    error = await accept_error(listener, tcp_client(port_of(listener)))
+    assert type(error) is type(reference)
+    cause = error if isinstance(error, OSError) else error.__cause__
+    assert isinstance(cause, OSError)
+    assert cause.errno in (errno.EMFILE, errno.ENFILE)
+    # And the listener still works afterwards.
+    async with connected(listener) as (server, client):
+        await client.send(b"fine")
+        assert await receive_exactly(server, 4) == b"fine"
+
+
+@asynccontextmanager
+async def unix_listeners() -> AsyncIterator[tuple[SocketListener, str]]:
+    with tempfile.TemporaryDirectory() as directory:
+        path = str(Path(directory) / "echo.sock")
+        inner = await anyio.create_unix_listener(path)
+        async with inner:
+            yield inner, path
+
+
+def unix_client(path: str) -> Callable[[], socket.socket]:
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        return sock
+
+    return connect
+
+
+async def test_unix_listener(anyio_backend_name: str) -> None:
+    payload = random_bytes(3 * 1024 * 1024 + 5)
+    async with unix_listeners() as (inner, path):
+        listener = wrap_listener(inner)
+        fast = fastpath.ENABLED and anyio_backend_name != "trio"
+        assert isinstance(listener, AsyncioListener) == fast
+        reference = await accept_error(inner, unix_client(path))
+        error = await accept_error(listener, unix_client(path))
+        assert type(error) is type(reference)
+        with anyio.fail_after(TIMEOUT):
+            async with await anyio.connect_unix(path) as client:
+                server = await listener.accept()
+                async with server, anyio.create_task_group() as tg:
+                    assert server.extra(SocketAttribute.family) == socket.AF_UNIX
+                    assert server.extra(SocketAttribute.local_address) == path
+                    tg.start_soon(echo, server)
+                    assert await exchange(client, payload) == payload
+        await inner.aclose()
+        with pytest.raises(ClosedResourceError):
+            await listener.accept()
