@@ -13,6 +13,10 @@ from anyecho import ListenAddress
 #: turns a hang into a failure, it never judges speed.
 TIMEOUT = 60
 
+#: Lower bounds on elapsed loop time allow for the clock's resolution: uvloop's
+#: clock counts whole milliseconds, so 0.3 s can read as 0.299.
+CLOCK_RESOLUTION = 0.002
+
 
 async def send_all(stream: ByteStream, payload: bytes, chunk: int = 64 * 1024) -> None:
     """Send ``payload`` in ``chunk``-sized pieces, then half-close."""
