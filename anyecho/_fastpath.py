@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from collections import deque
@@ -44,9 +45,11 @@ from anyio import (
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 __all__ = [
+    "ALLOCATOR_PRIMER",
     "ENABLED",
     "JOIN_LIMIT",
-    "READ_HIGH",
+    "READ_HIGH_MAX",
+    "READ_HIGH_MIN",
     "WRITE_HIGH",
     "AsyncioListener",
     "AsyncioStream",
@@ -63,20 +66,15 @@ ENABLED: Final = os.environ.get("ANYECHO_FASTPATH", "1").strip().lower() not in 
     "off",
 }
 
-#: The read-ahead high-water mark: reading pauses once this much is buffered and
-#: not yet received, and resumes when a receive finds the buffer empty. Above a
-#: small message, so that request/response traffic never touches the transport's
-#: reading state; below the 256 KiB a transport reads at once, so that bulk data
-#: waits in the kernel's socket buffer rather than in ours.
-#:
-#: Both choices matter for bulk transfers. Each read is a new bytes object, and
-#: holding several at once (a whole 1 MiB message, say) makes the allocator hand
-#: memory back to the kernel and fetch it again for every message, paying a page
-#: fault per 4 KiB: a 1 MiB echo then costs about twice the CPU. Resuming only
-#: once the handler has taken everything, and so (in ``echo``) sent it and let it
-#: go, keeps one such object alive per connection, which the allocator reuses,
-#: still warm in the CPU cache.
-READ_HIGH: Final = 128 * 1024
+#: Bounds of the read-ahead high-water mark, which is the size asked for by the
+#: last receive that had to wait. Reading pauses once more than that is buffered
+#: and not yet received, and resumes when a receive finds the buffer empty, so a
+#: peer that sends no more than a receive's worth at a time never touches the
+#: transport's reading state, and one connection buffers at most the mark plus
+#: one transport read (256 KiB). The lower bound keeps tiny receives from
+#: pausing reading all the time; the upper one bounds the memory of huge ones.
+READ_HIGH_MIN: Final = 64 * 1024
+READ_HIGH_MAX: Final = 4 * 1024 * 1024
 
 #: The transport's write high-water mark: zero, as in AnyIO. A send that leaves
 #: anything in the transport's buffer (because the kernel's socket buffer is full)
@@ -111,6 +109,7 @@ class _StreamProtocol(asyncio.Protocol):
         "exception",
         "lost",
         "offset",
+        "read_high",
         "read_waiter",
         "reading_paused",
         "transport",
@@ -126,6 +125,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.offset = 0
         #: bytes in ``chunks`` minus ``offset``
         self.buffered = 0
+        self.read_high = READ_HIGH_MIN
         self.reading_paused = False
         self.eof = False
         self.lost = False
@@ -143,7 +143,7 @@ class _StreamProtocol(asyncio.Protocol):
             data = bytes(data)
         self.chunks.append(data)
         buffered = self.buffered = self.buffered + len(data)
-        if buffered >= READ_HIGH and not self.reading_paused:
+        if buffered > self.read_high and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
         self._wake_reader()
@@ -184,9 +184,9 @@ class _StreamProtocol(asyncio.Protocol):
 class AsyncioStream(SocketStream):
     """An AnyIO socket stream over an asyncio transport, with bounded read-ahead.
 
-    Reading goes on while less than :data:`READ_HIGH` waits to be received, so a
-    receive usually finds its data already there and the transport's reading
-    state is only touched for bulk data. A send goes straight to
+    Reading goes on while no more than a receive's worth waits to be received, so
+    a receive usually finds its data already there and the transport's reading
+    state is only touched when the handler falls behind. A send goes straight to
     ``transport.write``; it waits only if the kernel did not take all of it, until
     the transport has passed the rest on, exactly as AnyIO's own stream does.
     Both directions are bounded: a peer that sends without reading stalls
@@ -233,6 +233,11 @@ class AsyncioStream(SocketStream):
         return cast(socket.socket, self._transport.get_extra_info("socket"))
 
     @property
+    def read_limit(self) -> int:
+        """The read-ahead high-water mark now (see :data:`READ_HIGH_MIN`)."""
+        return self._protocol.read_high
+
+    @property
     def read_buffered(self) -> int:
         """Bytes received from the peer and not yet handed to a :meth:`receive`."""
         return self._protocol.buffered
@@ -257,16 +262,17 @@ class AsyncioStream(SocketStream):
             else:
                 # Woken by data, EOF or the connection's loss. Cancellable, and a
                 # cancelled wait has taken nothing from the buffer.
-                await self._readable()
+                await self._readable(max_bytes)
             if self._closed:
                 raise ClosedResourceError
             return self._take(max_bytes)
         finally:
             self._receiving = False
 
-    def _readable(self) -> asyncio.Future[None]:
+    def _readable(self, max_bytes: int) -> asyncio.Future[None]:
         """A future for data, EOF or the loss; resumes reading (buffer empty)."""
         protocol = self._protocol
+        protocol.read_high = min(max(max_bytes, READ_HIGH_MIN), READ_HIGH_MAX)
         if protocol.reading_paused:
             protocol.reading_paused = False
             self._transport.resume_reading()
@@ -516,4 +522,33 @@ def wrap_listener(listener: SocketListener) -> SocketListener:
     sock = listener.extra(SocketAttribute.raw_socket, None)
     if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
         return listener
+    _raise_allocator_thresholds()
     return AsyncioListener(listener)
+
+
+#: The block :func:`_raise_allocator_thresholds` frees (bytes): above the largest
+#: read a transport hands over (256 KiB), with room for many of them in flight.
+ALLOCATOR_PRIMER: Final = 4 * 1024 * 1024
+
+
+@functools.cache  # once per process
+def _raise_allocator_thresholds() -> None:
+    """Let glibc's allocator keep freed memory for reuse; once per process.
+
+    Each read is a bytes object of up to 256 KiB, read-ahead holds up to a
+    receive's worth of them per connection, and the number alive rises and falls
+    from one event loop iteration to the next. glibc starts out handing any free
+    memory above 128 KiB at the top of its heap back to the kernel (and serving
+    blocks above 128 KiB with ``mmap``), so the heap shrinks and grows all the
+    time, and every 4 KiB that comes back costs a page fault and zeroing: twice
+    the CPU for a 1 MiB echo on one connection, a sixth more at 64 KiB over 50.
+    glibc raises both thresholds by itself once the program frees a block that
+    big (to its size, and twice that), and freeing one here does just that. It
+    keeps at most twice the block of free memory for reuse; with another
+    allocator it is just a short-lived allocation, and glibc ignores it when the
+    thresholds were set explicitly (``MALLOC_MMAP_THRESHOLD_`` and the like).
+    """
+    # bytes() of a size zero-fills through calloc(), which takes fresh (already
+    # zero) pages from mmap without touching them.
+    block = bytes(ALLOCATOR_PRIMER)
+    del block

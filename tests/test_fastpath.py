@@ -466,7 +466,8 @@ async def test_read_ahead_is_bounded(listener: SocketListener) -> None:
             assert not done.is_set(), "the server must stop reading"
             if is_fast(server):
                 assert isinstance(server, AsyncioStream)
-                assert 0 < server.read_buffered <= fastpath.READ_HIGH + TRANSPORT_READ
+                assert server.read_limit == fastpath.READ_HIGH_MIN  # no receive yet
+                assert 0 < server.read_buffered <= server.read_limit + TRANSPORT_READ
             with anyio.fail_after(TIMEOUT):
                 received = await receive_exactly(server, len(payload))
         assert received == payload
@@ -497,7 +498,9 @@ async def test_server_backpressure_end_to_end(anyio_backend_name: str) -> None:
                 stream = getattr(counted, "stream", None)
                 if anyio_backend_name != "trio":
                     assert isinstance(stream, AsyncioStream)
-                    assert stream.read_buffered <= fastpath.READ_HIGH + TRANSPORT_READ
+                    assert stream.read_limit == server.config.receive_size
+                    limit = stream.read_limit + TRANSPORT_READ
+                    assert stream.read_buffered <= limit
                     limit = fastpath.WRITE_HIGH + server.config.receive_size
                     assert stream.write_buffered <= limit
                 stats = server.stats
