@@ -13,6 +13,7 @@ from ._backends import resolve_backend as resolve_backend
 from ._config import DEFAULT_PORT as DEFAULT_PORT
 from ._config import ServerConfig as ServerConfig
 from ._echo import RECEIVE_SIZE as RECEIVE_SIZE
+from ._echo import ByteCounts as ByteCounts
 from ._echo import echo as echo
 from ._server import EchoServer as EchoServer
 from ._server import ListenAddress as ListenAddress
@@ -32,6 +33,7 @@ __all__ = [
     "RECEIVE_SIZE",
     "Backend",
     "BackendUnavailableError",
+    "ByteCounts",
     "EchoServer",
     "Faults",
     "ListenAddress",

@@ -135,7 +135,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Connection(StreamWrapper):
-    """The accepted stream, counting bytes for the stats as they pass."""
+    """The accepted stream beneath a ``wrap_stream`` wrapper, counting what passes."""
 
     __slots__ = ("_counter", "_receive", "_send")
 
@@ -439,12 +439,15 @@ class EchoServer:
                         if tls is None:
                             return
                         conn = tls
-                    counted = _Connection(conn, state)
                     wrap = config.wrap_stream
-                    await echo(
-                        wrap(counted) if wrap else counted,
-                        receive_size=config.receive_size,
-                    )
+                    if wrap is None:
+                        await echo(conn, receive_size=config.receive_size, counts=state)
+                    else:
+                        # Count what passes on the wire, beneath the wrapper.
+                        await echo(
+                            wrap(_Connection(conn, state)),
+                            receive_size=config.receive_size,
+                        )
                 except (BrokenResourceError, ClosedResourceError, OSError) as exc:
                     self._stats.errors["reset"] += 1
                     logger.debug("%s: connection lost (%s)", peer, _describe(exc))

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._echo import ByteCounts
+
 __all__ = ["ServerStats", "StatsSnapshot"]
 
 
@@ -51,18 +53,17 @@ class StatsSnapshot:
         return f"{line}, errors: {errors or 'none'}"
 
 
-class ByteCounter:
+class ByteCounter(ByteCounts):
     """One open connection's counters and idle-timeout bookkeeping.
 
     The hot path only adds to ``received`` and ``sent``; the idle watchdog compares
     their sum with ``seen`` now and then, so timeouts cost nothing per chunk.
     """
 
-    __slots__ = ("received", "scope", "seen", "sent", "since", "timed_out")
+    __slots__ = ("scope", "seen", "since", "timed_out")
 
     def __init__(self, now: float) -> None:
-        self.received = 0
-        self.sent = 0
+        super().__init__()
         self.seen = 0
         self.since = now
         self.scope: Any = None

@@ -16,7 +16,7 @@ from anyio.streams.stapled import StapledByteStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anyecho import echo
+from anyecho import ByteCounts, echo
 
 from .utils import TIMEOUT
 
@@ -156,6 +156,30 @@ async def test_does_not_read_while_send_is_blocked() -> None:
                 assert server_receive.asked == [server_receive.asked[0]]
                 assert await client.receive() == b"one"
                 tg.cancel_scope.cancel()
+
+
+async def test_counts_bytes_as_they_pass() -> None:
+    """Received as soon as a chunk is in; sent only once the stream took it."""
+    counts = ByteCounts()
+    counts.sent = counts.received = 100  # totals go on from where they are
+    results: list[int] = []
+
+    async def serve(server: ByteStream) -> None:
+        results.append(await echo(server, counts=counts))
+
+    async with memory_stream_pair() as (client, server):
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve, server)
+                await client.send(b"one")
+                await anyio.wait_all_tasks_blocked()  # in the echo's send
+                assert (counts.received, counts.sent) == (103, 100)
+                assert await client.receive() == b"one"
+                await anyio.wait_all_tasks_blocked()  # in the next receive
+                assert (counts.received, counts.sent) == (103, 103)
+                assert await run_client(client, [b"two", b"three"]) == b"twothree"
+    assert results == [11]
+    assert repr(counts) == "ByteCounts(received=111, sent=111)"
 
 
 async def test_closes_when_send_eof_is_unsupported() -> None:
