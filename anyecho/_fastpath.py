@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
 from collections import deque
@@ -45,7 +44,6 @@ from anyio import (
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 __all__ = [
-    "ALLOCATOR_PRIMER",
     "ENABLED",
     "JOIN_LIMIT",
     "READ_HIGH_MAX",
@@ -522,33 +520,4 @@ def wrap_listener(listener: SocketListener) -> SocketListener:
     sock = listener.extra(SocketAttribute.raw_socket, None)
     if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
         return listener
-    _raise_allocator_thresholds()
     return AsyncioListener(listener)
-
-
-#: The block :func:`_raise_allocator_thresholds` frees (bytes): above the largest
-#: read a transport hands over (256 KiB), with room for many of them in flight.
-ALLOCATOR_PRIMER: Final = 4 * 1024 * 1024
-
-
-@functools.cache  # once per process
-def _raise_allocator_thresholds() -> None:
-    """Let glibc's allocator keep freed memory for reuse; once per process.
-
-    Each read is a bytes object of up to 256 KiB, read-ahead holds up to a
-    receive's worth of them per connection, and the number alive rises and falls
-    from one event loop iteration to the next. glibc starts out handing any free
-    memory above 128 KiB at the top of its heap back to the kernel (and serving
-    blocks above 128 KiB with ``mmap``), so the heap shrinks and grows all the
-    time, and every 4 KiB that comes back costs a page fault and zeroing: twice
-    the CPU for a 1 MiB echo on one connection, a sixth more at 64 KiB over 50.
-    glibc raises both thresholds by itself once the program frees a block that
-    big (to its size, and twice that), and freeing one here does just that. It
-    keeps at most twice the block of free memory for reuse; with another
-    allocator it is just a short-lived allocation, and glibc ignores it when the
-    thresholds were set explicitly (``MALLOC_MMAP_THRESHOLD_`` and the like).
-    """
-    # bytes() of a size zero-fills through calloc(), which takes fresh (already
-    # zero) pages from mmap without touching them.
-    block = bytes(ALLOCATOR_PRIMER)
-    del block

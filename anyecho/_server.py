@@ -40,6 +40,7 @@ from ._backends import BackendUnavailableError, current_backend_name
 from ._config import ServerConfig
 from ._echo import echo
 from ._fastpath import wrap_listener
+from ._memory import keep_freed_memory
 from ._stats import ByteCounter, ServerStats, StatsSnapshot
 from ._udp import UDPGuard, serve_udp
 from ._wrap import StreamWrapper
@@ -267,6 +268,7 @@ class EchoServer:
         async with AsyncExitStack() as stack:
             try:
                 _check_event_loop()
+                keep_freed_memory()
                 listeners = await self._open_listeners(stack)
             except BaseException as exc:
                 self._start_error = exc
