@@ -7,14 +7,27 @@ import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from anyio.abc import ByteStream
 
 from ._echo import RECEIVE_SIZE
 from ._udp import DEFAULT_UDP_BLOCKED_PORTS, RateLimit
 
-__all__ = ["DEFAULT_PORT", "ServerConfig"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EVERY_INTERFACE", "ServerConfig"]
+
+#: Where a server listens when no host is given: loopback, this machine only.
+DEFAULT_HOST = "127.0.0.1"
+
+#: The host that means every interface (as ``None`` does).
+EVERY_INTERFACE = "*"
+
+#: ``max_connections_per_source="auto"``: one source may hold this fraction of the
+#: global limit (1/N) but never fewer than the minimum (nor more than the global
+#: limit), or this many connections where there is no global limit.
+AUTO_PER_SOURCE_SHARE = 10
+AUTO_PER_SOURCE_MIN = 10
+AUTO_PER_SOURCE_UNLIMITED = 100
 
 #: The port ``anyecho serve`` listens on when none is given. (RFC 862's port 7 is
 #: privileged on most systems.)
@@ -46,8 +59,10 @@ class ServerConfig:
     Invalid values raise :exc:`ValueError` with a one-line message.
 
     :param host: the interface(s) to listen on for TCP: a host name or address, or
-        a sequence of them. ``None`` (the default) listens on every interface, IPv4
-        and IPv6 (one dual-stack socket where the system supports it).
+        a sequence of them. The default is the loopback address ``127.0.0.1``:
+        reachable from this machine only. ``"*"`` (or ``None``) listens on every
+        interface, IPv4 and IPv6 (one dual-stack socket where the system supports
+        it): ask for it explicitly to serve the network.
     :param port: the TCP port; ``0`` picks a free one (the same one for every
         host); ``None`` serves no TCP (only the Unix sockets)
     :param backlog: the listen queue length, for each listening socket
@@ -66,6 +81,14 @@ class ServerConfig:
     :param max_connections: the most stream connections served at once; at the
         limit the server stops accepting (clients wait in the listen queue) until
         one closes. ``None`` for no limit.
+    :param max_connections_per_source: the most stream connections served at once
+        from one IP address, so that a few sources cannot take every slot. Past
+        it a newcomer waits, accepted but not read, until one of its source's
+        connections closes; as many may wait as the limit, and a connection past
+        those is reset at once (the ``source-limit`` error). ``"auto"`` (the
+        default) is a tenth of ``max_connections``, but at least 10 (100 without
+        a global limit): 100 with the defaults; see :attr:`per_source_limit`.
+        Unix socket peers are not limited. ``None`` for no limit.
     :param idle_timeout: close a connection that moved no byte, either way, for
         this many seconds; a send stuck on a peer that does not read counts as
         idle. ``None`` for no limit.
@@ -84,7 +107,7 @@ class ServerConfig:
         server = anyecho.EchoServer(config)
     """
 
-    host: str | tuple[str, ...] | None = None
+    host: str | tuple[str, ...] | None = DEFAULT_HOST
     port: int | None = DEFAULT_PORT
     backlog: int = 4096
     receive_size: int = RECEIVE_SIZE
@@ -95,6 +118,7 @@ class ServerConfig:
     ssl_context: ssl.SSLContext | None = None
     tls_handshake_timeout: float = 10.0
     max_connections: int | None = 1000
+    max_connections_per_source: int | Literal["auto"] | None = "auto"
     idle_timeout: float | None = 300.0
     reuse_port: bool = False
     udp: bool = False
@@ -112,9 +136,17 @@ class ServerConfig:
             hosts = tuple(host)
             if not hosts or not all(isinstance(h, str) and h for h in hosts):
                 raise ValueError(f"invalid host list {host!r}")
-            object.__setattr__(self, "host", hosts)
+            if EVERY_INTERFACE in hosts and len(hosts) > 1:
+                raise ValueError(
+                    f"invalid host list {host!r}: '*' is every interface already"
+                )
+            object.__setattr__(
+                self, "host", None if EVERY_INTERFACE in hosts else hosts
+            )
         elif host is not None and (not isinstance(host, str) or not host):
             raise ValueError(f"invalid host {host!r}: expected a name or an address")
+        elif host == EVERY_INTERFACE:
+            object.__setattr__(self, "host", None)
         if self.port is not None:
             _check_port(self.port)
         elif not self.unix:
@@ -134,12 +166,31 @@ class ServerConfig:
         _check_positive(
             "max_connections", self.max_connections, allow_none=True, integer=True
         )
+        if self.max_connections_per_source != "auto":
+            _check_positive(
+                "max_connections_per_source",
+                self.max_connections_per_source,
+                allow_none=True,
+                integer=True,
+            )
         _check_positive("idle_timeout", self.idle_timeout, allow_none=True)
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         if self.drain_timeout < 0:
             raise ValueError(
                 f"invalid drain_timeout {self.drain_timeout!r}: expected >= 0"
             )
+
+    @property
+    def per_source_limit(self) -> int | None:
+        """The per-source limit in force: :attr:`max_connections_per_source`, with
+        ``"auto"`` worked out."""
+        limit = self.max_connections_per_source
+        if limit != "auto":
+            return limit
+        if self.max_connections is None:
+            return AUTO_PER_SOURCE_UNLIMITED
+        share = max(AUTO_PER_SOURCE_MIN, self.max_connections // AUTO_PER_SOURCE_SHARE)
+        return min(share, self.max_connections)
 
     @property
     def hosts(self) -> tuple[str, ...] | None:

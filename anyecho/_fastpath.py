@@ -1,14 +1,16 @@
-"""Event-loop-specific listeners that serve the same AnyIO streams for less CPU.
+"""Streams for accepted sockets that serve the same AnyIO contract for less CPU.
 
-:func:`wrap_listener` is applied to every stream listener the server opens. It may
-return a listener whose accepted streams are cheaper on the running event loop; it
-must return one that honours the :class:`anyio.abc.SocketListener` contract
-exactly, because ``echo`` and the fault wrappers only ever see AnyIO streams.
+The server accepts from its listening sockets itself and hands each accepted
+socket to :func:`adopt`, which wraps it in the cheapest stream for the running
+event loop. Every stream it returns honours the :class:`anyio.abc.SocketStream`
+contract exactly, because ``echo`` and the fault wrappers only ever see AnyIO
+streams.
 
 On asyncio (the stock loop, uvloop, and any loop with ``connect_accepted_socket``)
-AnyIO's own TCP and Unix listeners are replaced by :class:`AsyncioListener`, which
-accepts from the same listening socket and hands out :class:`AsyncioStream`\\ s. On
-Trio, and for any other listener, the listener is returned unchanged.
+that is :class:`AsyncioStream`; on Trio, :class:`~anyecho._triostream.TrioStream`.
+Both also count the bytes the kernel has taken from their sends
+(``bytes_written()``), which is how the idle watchdog tells a slow reader from
+one that stopped reading.
 
 What AnyIO's asyncio streams spend on a small echo that these do not:
 
@@ -21,8 +23,9 @@ What AnyIO's asyncio streams spend on a small echo that these do not:
 * its Unix stream registers and unregisters a reader or writer for every wait.
 
 Set the environment variable ``ANYECHO_FASTPATH=0`` to turn this off and serve
-AnyIO's own streams, for comparison or to rule the fast path out. It is read once,
-when the module is imported.
+AnyIO's own streams, for comparison or to rule the fast path out (the idle
+watchdog then counts finished sends only). It is read once, when the module is
+imported.
 """
 
 from __future__ import annotations
@@ -37,11 +40,10 @@ from typing import Final, cast
 from anyio import (
     BrokenResourceError,
     BusyResourceError,
-    CancelScope,
     ClosedResourceError,
     EndOfStream,
 )
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
+from anyio.abc import SocketStream, UNIXSocketStream
 
 __all__ = [
     "ENABLED",
@@ -49,12 +51,11 @@ __all__ = [
     "READ_HIGH_MAX",
     "READ_HIGH_MIN",
     "WRITE_HIGH",
-    "AsyncioListener",
     "AsyncioStream",
-    "wrap_listener",
+    "adopt",
 ]
 
-#: Whether :func:`wrap_listener` replaces listeners at all: false when the
+#: Whether :func:`adopt` serves our own streams at all: false when the
 #: environment variable ``ANYECHO_FASTPATH`` is ``0``, ``false``, ``no`` or ``off``
 #: as the module is imported.
 ENABLED: Final = os.environ.get("ANYECHO_FASTPATH", "1").strip().lower() not in {
@@ -89,8 +90,6 @@ WRITE_HIGH: Final = 0
 #: size asked for), so that a pipelining peer costs one echo per batch rather than
 #: one per write. Larger chunks are handed out as they are, without a copy.
 JOIN_LIMIT: Final = 64 * 1024
-
-_AcceptedSocket = tuple[socket.socket, object]
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -205,6 +204,7 @@ class AsyncioStream(SocketStream):
         "_receiving",
         "_sending",
         "_transport",
+        "_written",
     )
 
     def __init__(
@@ -223,6 +223,9 @@ class AsyncioStream(SocketStream):
         # is a BusyResourceError, as in AnyIO, and a flag is all that takes.
         self._receiving = False
         self._sending = False
+        # Every byte handed to the transport; less what it still holds, that is
+        # what the kernel has taken (see bytes_written).
+        self._written = 0
 
     @property
     def _raw_socket(self) -> socket.socket:
@@ -244,6 +247,17 @@ class AsyncioStream(SocketStream):
     def write_buffered(self) -> int:
         """Bytes sent that the transport has not yet passed to the kernel."""
         return self._transport.get_write_buffer_size()
+
+    def bytes_written(self) -> int:
+        """Bytes the kernel has taken from this stream's sends so far.
+
+        It grows while a large send is still draining to a slow reader, so the
+        idle watchdog sees progress that a count of finished sends would not.
+        """
+        try:
+            return self._written - self._transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):  # transport gone
+            return self._written
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if max_bytes < 1:
@@ -334,6 +348,7 @@ class AsyncioStream(SocketStream):
             if protocol.exception is not None or self._transport.is_closing():
                 raise BrokenResourceError from protocol.exception
             try:
+                self._written += len(item)
                 self._transport.write(item)
             except RuntimeError as exc:  # after write_eof(), or closed meanwhile
                 if self._transport.is_closing():
@@ -375,149 +390,53 @@ class AsyncioStream(SocketStream):
         await asyncio.sleep(0)
 
 
-class AsyncioListener(SocketListener):
-    """Accepts from one of AnyIO's asyncio listeners' sockets; yields our streams.
+async def adopt(sock: socket.socket) -> SocketStream:
+    """The AnyIO stream to serve an accepted socket with, on the running backend.
 
-    The wrapped listener keeps owning the socket: closing it (as the server does)
-    closes this one too. Accept errors surface exactly as the wrapped listener
-    surfaces them: a plain :exc:`OSError` from a TCP listener, an
-    :exc:`~anyio.BrokenResourceError` caused by one from a Unix listener, and
-    :exc:`~anyio.ClosedResourceError` once the listener is closed. Accepted TCP
-    sockets get ``TCP_NODELAY``, as AnyIO's do.
-
-    :param inner: AnyIO's own TCP or Unix listener on the running loop
+    :class:`AsyncioStream` on asyncio loops that can adopt accepted sockets,
+    :class:`~anyecho._triostream.TrioStream` on Trio, and AnyIO's own stream
+    otherwise (or with ``ANYECHO_FASTPATH=0``). The stream owns ``sock`` from the
+    start: if making it fails, ``sock`` is closed. TCP sockets get
+    ``TCP_NODELAY``, as AnyIO's listeners give them.
     """
-
-    def __init__(self, inner: SocketListener) -> None:
-        self.inner = inner
-        self._sock: socket.socket = inner.extra(SocketAttribute.raw_socket)
-        self._tcp = self._sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._loop = asyncio.get_running_loop()
-        self._closed = False
-        self._accepting = False
-        self._accept_scope: CancelScope | None = None
-
-    @property
-    def _raw_socket(self) -> socket.socket:
-        return self._sock
-
-    async def accept(self) -> SocketStream:
-        if self._closed or self._sock.fileno() < 0:
-            raise ClosedResourceError
-        if self._accepting:
-            raise BusyResourceError("accepting connections from")
-        self._accepting = True
-        try:
-            await asyncio.sleep(0)
-            scope = self._accept_scope = CancelScope()
-            try:
-                with scope:
-                    client, _ = await (
-                        self._accept_tcp() if self._tcp else self._accept_unix()
-                    )
-            finally:
-                self._accept_scope = None
-        finally:
-            self._accepting = False
-        try:
-            if self._tcp:
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport, protocol = await self._loop.connect_accepted_socket(
-                _StreamProtocol, client
-            )
-        except BaseException:
-            client.close()
-            raise
-        return AsyncioStream(transport, protocol, self._loop)
-
-    async def _accept_tcp(self) -> _AcceptedSocket:
-        """Accept as AnyIO's asyncio TCP listener does: ``loop.sock_accept``."""
-        try:
-            return await self._loop.sock_accept(self._sock)
-        except asyncio.CancelledError:
-            # A cancelled sock_accept() may leave its reader registered
-            # (https://bugs.python.org/issue41317); AnyIO removes it too.
-            self._remove_reader()
-            if self._closed:
-                raise ClosedResourceError from None
-            raise
-
-    async def _accept_unix(self) -> _AcceptedSocket:
-        """Accept as AnyIO's asyncio Unix listener does: errors are broken-resource."""
-        sock = self._sock
-        while True:
-            try:
-                client, address = sock.accept()
-            except BlockingIOError:
-                waiter = self._loop.create_future()
-                self._loop.add_reader(sock, waiter.set_result, None)
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    if self._closed:
-                        raise ClosedResourceError from None
-                    raise
-                finally:
-                    self._remove_reader()
-            except OSError as exc:
-                if self._closed or sock.fileno() < 0:
-                    raise ClosedResourceError from None
-                raise BrokenResourceError from exc
-            else:
-                client.setblocking(False)
-                return client, address
-
-    def _remove_reader(self) -> None:
-        with contextlib.suppress(ValueError, NotImplementedError):
-            self._loop.remove_reader(self._sock)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        if self._accept_scope is not None:
-            self._remove_reader()
-            self._accept_scope.cancel()
-        try:
-            # Lets a cancelled accept() unwind before the socket is closed.
-            await asyncio.sleep(0)
-        finally:
-            await self.inner.aclose()
-
-
-#: The listeners of AnyIO's asyncio backend, by module and class name: the only
-#: ones whose accept() is known to do nothing but accept from their socket.
-#: Matched by name, so that a change in AnyIO's internals turns the fast path off
-#: rather than breaking the import.
-_ANYIO_LISTENERS: Final = frozenset(
-    {
-        ("anyio._backends._asyncio", "TCPSocketListener"),
-        ("anyio._backends._asyncio", "UNIXSocketListener"),
-    }
-)
-
-
-def wrap_listener(listener: SocketListener) -> SocketListener:
-    """The listener to accept from in place of ``listener``.
-
-    An :class:`AsyncioListener` over AnyIO's own asyncio TCP and Unix listeners,
-    when the running loop can adopt accepted sockets; ``listener`` itself
-    otherwise: on Trio, with ``ANYECHO_FASTPATH=0``, and for listeners that are not
-    AnyIO's, whose accept() may do more than accept.
-    """
-    if not ENABLED:
-        return listener
-    kind = type(listener)
-    if (kind.__module__, kind.__qualname__) not in _ANYIO_LISTENERS:
-        return listener
     try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return listener
-    loop_type = type(loop)
-    for name in ("connect_accepted_socket", "sock_accept", "add_reader"):
-        method = getattr(loop_type, name, None)
-        if method is None or method is getattr(asyncio.AbstractEventLoop, name):
-            return listener
-    sock = listener.extra(SocketAttribute.raw_socket, None)
-    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
-        return listener
-    return AsyncioListener(listener)
+        sock.setblocking(False)
+        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ENABLED:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                from ._triostream import TrioStream
+
+                return TrioStream(sock)
+            if _can_adopt(type(loop)):
+                transport, protocol = await loop.connect_accepted_socket(
+                    _StreamProtocol, sock
+                )
+                return AsyncioStream(transport, protocol, loop)
+        if tcp:
+            return await SocketStream.from_socket(sock)
+        return await UNIXSocketStream.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+_ADOPTING: Final = ("connect_accepted_socket", "add_reader")
+
+
+_CAN_ADOPT: dict[type, bool] = {}
+
+
+def _can_adopt(loop_type: type) -> bool:
+    """Whether loops of this type implement what :class:`AsyncioStream` needs."""
+    known = _CAN_ADOPT.get(loop_type)
+    if known is None:
+        known = _CAN_ADOPT[loop_type] = all(
+            getattr(loop_type, name, None)
+            not in (None, getattr(asyncio.AbstractEventLoop, name))
+            for name in _ADOPTING
+        )
+    return known

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import socket
 import ssl
 import stat
-from collections.abc import Callable, Coroutine, Sequence
+import struct
+import sys
+import termios
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 import anyio
 from anyio import (
@@ -36,10 +41,14 @@ from anyio.abc import (
 )
 from anyio.streams.tls import TLSStream
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 from ._backends import BackendUnavailableError, current_backend_name
 from ._config import ServerConfig
 from ._echo import echo
-from ._fastpath import wrap_listener
+from ._fastpath import adopt
+from ._logs import LogLimiter
 from ._memory import keep_freed_memory
 from ._stats import ByteCounter, ServerStats, StatsSnapshot
 from ._udp import UDPGuard, serve_udp
@@ -77,6 +86,11 @@ CONNECTION_ERRNOS = frozenset(
 
 #: Pause after an accept error that is not one connection's own (seconds).
 ACCEPT_BACKOFF = 0.1
+
+#: Connections accepted in a row, when many are pending, before the accept loop
+#: lets the open connections run: enough that a burst of newcomers is taken in a
+#: few trips round the event loop, few enough that the busy ones are not starved.
+ACCEPT_BATCH: Final = 128
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,23 @@ class EchoServer:
         self._draining: anyio.Event | None = None
         self._start_error: BaseException | None = None
         self._limit: anyio.Semaphore | None = None
+        #: open connections per source address, for the per-source limit, and
+        #: the connections waiting for one of their source's slots
+        self._sources: dict[str, int] = {}
+        self._waiting: dict[str, deque[tuple[socket.socket, Any]]] = {}
+        self._connections: TaskGroup | None = None
+        # What a peer can make the server log, bounded (see LogLimiter).
+        self._log_tls_failed = LogLimiter(logger, logging.INFO, "failed TLS handshakes")
+        self._log_refused = LogLimiter(
+            logger, logging.WARNING, "connections refused at the per-source limit"
+        )
+        self._log_source_waits = LogLimiter(
+            logger, logging.INFO, "waits at the per-source limit"
+        )
+        self._log_at_limit = LogLimiter(
+            logger, logging.WARNING, "waits at the connection limit"
+        )
+        self._log_handler_failed = LogLimiter(logger, logging.ERROR, "handler failures")
 
     def _listening_event(self) -> anyio.Event:
         if self._listening is None:
@@ -228,6 +259,23 @@ class EchoServer:
         """The server's counters now (a snapshot; read it again for newer values)."""
         return self._stats.snapshot()
 
+    async def wait_stats(
+        self, predicate: Callable[[StatsSnapshot], bool]
+    ) -> StatsSnapshot:
+        """Wait until the counters satisfy ``predicate``; return that snapshot.
+
+        Checked now and again whenever a connection ends or a client is turned
+        away, so a test can wait for what it expects without sleeping:
+
+        .. code-block:: python
+
+            await server.wait_stats(lambda s: s.active_connections == 0)
+
+        Bound the wait yourself (``anyio.fail_after``): it waits for as long as
+        the predicate is false.
+        """
+        return await self._stats.wait_until(predicate)
+
     def stop(self, grace: float | None = None) -> None:
         """Ask the server to stop; :meth:`serve` returns once it has.
 
@@ -264,6 +312,10 @@ class EchoServer:
         :raises OSError: when a listener cannot be opened (address in use, host
             that does not resolve, ...), with a message naming the address
         """
+        with _single_exception():
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: TaskStatus[list[ListenAddress]]) -> None:
         config = self.config
         async with AsyncExitStack() as stack:
             try:
@@ -286,6 +338,7 @@ class EchoServer:
                 if config.idle_timeout is not None:
                     services.start_soon(self._watch_idle, config.idle_timeout)
                 async with create_task_group() as connections:
+                    self._connections = connections
                     self._connections_scope = connections.cancel_scope
                     with CancelScope() as self._accept_scope:
                         if self._stop_requested is not None:
@@ -301,8 +354,17 @@ class EchoServer:
                     await stack.aclose()
                     self._drain(connections)
                     self._draining_event().set()
-                self._connections_scope = None
+                self._connections = self._connections_scope = None
+                self._close_waiters()
                 services.cancel_scope.cancel()
+        for log in (
+            self._log_tls_failed,
+            self._log_refused,
+            self._log_source_waits,
+            self._log_at_limit,
+            self._log_handler_failed,
+        ):
+            log.flush()
         logger.info("server stopped: %s", self.stats.summary())
 
     def _drain(self, connections: TaskGroup) -> None:
@@ -355,45 +417,152 @@ class EchoServer:
     async def _accept_loop(
         self, listener: SocketListener, address: ListenAddress, connections: TaskGroup
     ) -> None:
-        # Listener.serve() would end the server on the first accept error; this
-        # loop logs them, pauses on resource exhaustion, and carries on.
-        accept = listener.accept
+        """Accept from ``listener``'s socket until cancelled or closed.
+
+        Every connection pending when the socket is readable is accepted at once,
+        up to :data:`ACCEPT_BATCH` before the loop lets other tasks run, as libuv
+        and nginx do: a newcomer waits one trip round the event loop behind the
+        busy connections, not one trip per client ahead of it. Nothing here can
+        fail because of one client: the accepted socket goes straight to its own
+        task, where everything else is done.
+        """
+        sock: socket.socket = listener.extra(SocketAttribute.raw_socket)
         handle = self._handle
         limit = self._limit
+        per_source = self.config.per_source_limit
+        batch = 0
         while True:
             if limit is not None:
-                if limit.value == 0:
-                    logger.warning(
+                try:
+                    limit.acquire_nowait()
+                except anyio.WouldBlock:
+                    self._log_at_limit(
                         "%s: at the connection limit (%d); new clients wait",
                         address,
                         self.config.max_connections,
                     )
-                await limit.acquire()
+                    await limit.acquire()
             try:
-                stream = await accept()
-            except ClosedResourceError:
-                return
-            except (OSError, BrokenResourceError) as exc:
+                client, peer = _accept(sock)
+            except BlockingIOError:
                 if limit is not None:
                     limit.release()
+                batch = 0
+                try:
+                    await anyio.wait_readable(sock)
+                except ClosedResourceError:
+                    return
+                continue
+            except OSError as exc:
+                if limit is not None:
+                    limit.release()
+                if sock.fileno() < 0:
+                    return  # closed
                 await self._accept_failed(exc)
                 continue
-            except NotImplementedError as exc:
-                # Not a client's doing: this event loop cannot serve at all.
-                reason = str(exc) or "not implemented"
-                raise BackendUnavailableError(
-                    f"the event loop cannot serve connections: {reason}"
-                ) from exc
-            except BaseException:
-                if limit is not None:
-                    limit.release()
-                raise
-            connections.start_soon(handle, stream)
+            source = _source_of(peer) if per_source is not None else None
+            if source is not None and not self._admit(source, client, peer):
+                continue
+            connections.start_soon(handle, client, peer, source)
+            batch += 1
+            if batch >= ACCEPT_BATCH:
+                batch = 0
+                await anyio.lowlevel.checkpoint()
 
-    async def _accept_failed(self, exc: BaseException) -> None:
+    def _admit(self, source: str, client: socket.socket, peer: Any) -> bool:
+        """Count a new connection from ``source``; false if it must not start now.
+
+        Under the per-source limit it starts at once. Over it, it waits, accepted
+        but not read (as a client waits in the listen queue at the global
+        limit), until one of its source's connections closes; up to as many
+        waiters as the limit, past which it is reset. Waiters hold their slot of
+        the global limit, so a source holds at most twice its limit in all, and
+        a flood of connections that are already dead (reset before the server
+        got to them) delays the next client instead of turning it away.
+        """
+        limit = cast(int, self.config.per_source_limit)
+        held = self._sources.get(source, 0)
+        if held < limit:
+            self._sources[source] = held + 1
+            return True
+        waiting = self._waiting.setdefault(source, deque())
+        if len(waiting) >= limit:
+            self._prune(waiting)
+        if len(waiting) < limit:
+            waiting.append((client, peer))
+            self._log_source_waits(
+                "%s: at the per-source limit (%d connections); a client waits",
+                source,
+                limit,
+            )
+        else:
+            self._refuse(client, source)
+        return False
+
+    def _release_source(self, source: str) -> None:
+        """A connection from ``source`` ended: start its next waiter, if any."""
+        waiting = self._waiting.get(source)
+        if waiting:
+            client, peer = waiting.popleft()
+            if not waiting:
+                del self._waiting[source]
+            if self._connections is not None:
+                self._connections.start_soon(self._handle, client, peer, source)
+                return
+            self._waiting.setdefault(source, deque()).appendleft((client, peer))
+        held = self._sources[source] - 1
+        if held:
+            self._sources[source] = held
+        else:
+            del self._sources[source]
+
+    def _prune(self, waiting: deque[tuple[socket.socket, Any]]) -> None:
+        """Drop the waiters whose peer has reset them already (one peek each)."""
+        for _ in range(len(waiting)):
+            client, peer = waiting.popleft()
+            try:
+                client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._stats.total_connections += 1
+                self._stats.errors["reset"] += 1
+                self._stats.changed()
+                client.close()
+                if self._limit is not None:
+                    self._limit.release()
+                continue
+            waiting.append((client, peer))
+
+    def _close_waiters(self) -> None:
+        """Close the connections still waiting for a per-source slot (a stop)."""
+        for waiting in self._waiting.values():
+            for client, _ in waiting:
+                client.close()
+                if self._limit is not None:
+                    self._limit.release()
+        self._waiting.clear()
+
+    def _refuse(self, client: socket.socket, source: str) -> None:
+        """Reset a connection over the per-source limit and its waiters, at once."""
+        if self._limit is not None:
+            self._limit.release()
+        self._stats.total_connections += 1
+        self._stats.errors["source-limit"] += 1
+        self._stats.changed()
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        client.close()
+        self._log_refused(
+            "%s: over the per-source limit (%d connections, as many waiting); reset",
+            source,
+            self.config.per_source_limit,
+        )
+
+    async def _accept_failed(self, exc: OSError) -> None:
         self._stats.errors["accept"] += 1
-        error = _os_error(exc)
-        if error is not None and error.errno in CONNECTION_ERRNOS:
+        self._stats.changed()
+        if exc.errno in CONNECTION_ERRNOS:
             logger.debug("accept: a pending connection failed (%s)", _describe(exc))
             return
         logger.warning(
@@ -409,7 +578,12 @@ class EchoServer:
         One task for the whole server, waking a few times per limit: the hot
         path pays nothing (no cancel scope, deadline or timer per chunk), and a
         connection is closed between ``limit`` and ``limit * 1.25`` after its last
-        byte, or at most one second late.
+        byte, or at most one second late. A byte has moved when the server
+        received it, or when the peer took it: the server's own streams count
+        what the kernel takes from a send as it happens, and the kernel's send
+        queue says how much of that the peer has not taken yet. So a large send
+        draining slowly to a slow reader is progress, and only a peer that
+        stopped reading is idle.
         """
         tick = min(1.0, limit / 4)
         open_connections = self._stats.open
@@ -417,7 +591,9 @@ class EchoServer:
             await anyio.sleep(tick)
             now = anyio.current_time()
             for state in open_connections:
-                moved = state.received + state.sent
+                wire = state.wire
+                written = state.sent if wire is None else wire.bytes_written()
+                moved = state.received + written - _unread(state.fd)
                 if moved != state.seen:
                     state.seen = moved
                     state.since = now
@@ -425,38 +601,49 @@ class EchoServer:
                     state.timed_out = True
                     state.scope.cancel()
 
-    async def _handle(self, stream: SocketStream) -> None:
-        """Serve one connection. Whatever goes wrong ends this connection only."""
+    async def _handle(
+        self, client: socket.socket, peer_address: Any, source: str | None
+    ) -> None:
+        """Serve one accepted socket. Whatever goes wrong ends this connection only.
+
+        Everything done for the connection happens in here, inside one ``try``:
+        making its stream, the TLS handshake, the user's ``wrap_stream``, the
+        echo, logging and closing. Only cancellation (a stop) leaves this task.
+        """
         config = self.config
         state = self._stats.opened(anyio.current_time())
+        state.fd = client.fileno()
         start = state.since
-        peer = _peer(stream)
-        logger.debug("%s: connected", peer)
-        conn: ByteStream = stream
+        peer = _format_peer(peer_address)
+        stream: SocketStream | None = None
+        conn: ByteStream | None = None
         try:
+            logger.debug("%s: connected", peer)
             with CancelScope() as state.scope:
                 try:
+                    conn = stream = await adopt(client)
+                    if isinstance(stream, _Progress):
+                        state.wire = stream
                     if config.ssl_context is not None:
                         tls = await self._handshake(stream, config.ssl_context, peer)
                         if tls is None:
                             return
                         conn = tls
-                    wrap = config.wrap_stream
-                    if wrap is None:
-                        await echo(conn, receive_size=config.receive_size, counts=state)
-                    else:
-                        # Count what passes on the wire, beneath the wrapper.
-                        await echo(
-                            wrap(_Connection(conn, state)),
-                            receive_size=config.receive_size,
-                        )
-                except (BrokenResourceError, ClosedResourceError, OSError) as exc:
+                    await self._echo(conn, state)
+                except (
+                    BrokenResourceError,
+                    ClosedResourceError,
+                    EndOfStream,
+                    OSError,
+                ) as exc:
                     self._stats.errors["reset"] += 1
                     logger.debug("%s: connection lost (%s)", peer, _describe(exc))
                 except Exception:
                     self._stats.errors["handler"] += 1
-                    logger.exception(
-                        "%s: handler failed; closing this connection", peer
+                    self._log_handler_failed(
+                        "%s: handler failed; closing this connection",
+                        peer,
+                        exc_info=True,
                     )
             if state.timed_out:
                 self._stats.errors["timeout"] += 1
@@ -467,6 +654,8 @@ class EchoServer:
             self._stats.closed(state)
             if self._limit is not None:
                 self._limit.release()
+            if source is not None:
+                self._release_source(source)
             logger.debug(
                 "%s: closed, %d bytes in, %d bytes out, %.3fs",
                 peer,
@@ -474,7 +663,19 @@ class EchoServer:
                 state.sent,
                 anyio.current_time() - start,
             )
-            await anyio.aclose_forcefully(conn)
+            if conn is None:
+                client.close()
+            else:
+                await _close(conn)
+
+    async def _echo(self, conn: ByteStream, state: ByteCounter) -> None:
+        config = self.config
+        wrap = config.wrap_stream
+        if wrap is None:
+            await echo(conn, receive_size=config.receive_size, counts=state)
+        else:
+            # Count what passes on the wire, beneath the wrapper.
+            await echo(wrap(_Connection(conn, state)), receive_size=config.receive_size)
 
     async def _handshake(
         self, stream: SocketStream, context: ssl.SSLContext, peer: str
@@ -490,8 +691,87 @@ class EchoServer:
         except (ssl.SSLError, BrokenResourceError, EndOfStream, OSError) as exc:
             reason = _describe(exc)
         self._stats.errors["tls"] += 1
-        logger.info("%s: TLS handshake failed: %s", peer, reason)
+        self._log_tls_failed("%s: TLS handshake failed: %s", peer, reason)
         return None
+
+
+@contextlib.contextmanager
+def _single_exception() -> Generator[None, None, None]:
+    """Let one exception out of nested task groups as itself, not in groups.
+
+    A ``KeyboardInterrupt`` (or a failure of the server's own) raised inside the
+    server's task groups reaches the caller wrapped in one exception group per
+    group; ``except KeyboardInterrupt`` around ``trio.run(anyecho.serve)`` would
+    then miss it. Several exceptions at once stay grouped.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, BaseExceptionGroup):
+            raise
+        context = leaf.__context__
+        try:
+            raise leaf
+        finally:
+            leaf.__context__ = context
+            del leaf
+
+
+async def _close(stream: ByteStream) -> None:
+    """Close ``stream`` at once; a peer that is already gone is no error."""
+    try:
+        await anyio.aclose_forcefully(stream)
+    except Exception:  # the connection is over either way
+        logger.debug("closing a connection failed", exc_info=True)
+
+
+@runtime_checkable
+class _Progress(Protocol):
+    """A stream that counts the bytes the kernel has taken from its sends."""
+
+    def bytes_written(self) -> int: ...
+
+
+def _unread(fd: int) -> int:
+    """Bytes in a socket's send queue that its peer has not taken yet (Linux).
+
+    ``SIOCOUTQ``: for TCP, what the peer has not acknowledged; for a Unix
+    socket, what the peer has not read. ``0`` where the system cannot say.
+    """
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except OSError:
+        return 0
+
+
+_SIOCOUTQ: Final = getattr(termios, "TIOCOUTQ", 0x5411)
+
+#: How the accept loop accepts (a seam for tests that fake accept errors).
+_accept = socket.socket.accept
+
+#: ``SO_LINGER`` on, zero seconds: ``close()`` resets the connection.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+def _source_of(peer: Any) -> str | None:
+    """The address a per-source limit counts ``peer`` under (``None``: none)."""
+    if not isinstance(peer, tuple):
+        return None  # a Unix socket peer: the same machine
+    host = str(peer[0])
+    return host.removeprefix("::ffff:") if host.startswith("::ffff:") else host
+
+
+def _format_peer(peer: Any) -> str:
+    """``peer`` (as ``accept()`` returned it) for logs; never fails."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    if isinstance(peer, str | bytes) and peer:
+        return f"unix:{peer!r}" if isinstance(peer, bytes) else f"unix:{peer}"
+    return "unix-peer"
 
 
 def _check_event_loop() -> None:
@@ -534,10 +814,7 @@ async def _open_tcp(
         except OSError as exc:
             raise _listen_error(exc, host, port) from None
         stack.push_async_callback(multi.aclose)
-        listeners.extend(
-            wrap_listener(listener)
-            for listener in cast(Sequence[SocketListener], multi.listeners)
-        )
+        listeners.extend(cast(Sequence[SocketListener], multi.listeners))
         if port == 0:  # every further host gets the port the first one got
             port = ListenAddress.of_listener(multi.listeners[0]).port
     return listeners
@@ -559,7 +836,7 @@ async def _open_unix(
     inode = os.stat(path).st_ino
     stack.callback(_remove_socket_file, path, inode)
     stack.push_async_callback(listener.aclose)
-    return wrap_listener(listener)
+    return listener
 
 
 def _check_unix_path(path: str) -> None:
@@ -645,18 +922,6 @@ async def open_udp(
         stack.push_async_callback(udp.aclose)
         sockets.append(udp)
     return sockets
-
-
-def _peer(stream: ByteStream) -> str:
-    """The peer's address for logs; never fails (a reset socket has none)."""
-    try:
-        address = stream.extra(SocketAttribute.remote_address, None)
-    except OSError:
-        return "peer"
-    if isinstance(address, tuple):
-        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        return f"{host}:{address[1]}"
-    return str(address or "peer")
 
 
 def _listen_error(exc: OSError, host: str | None, port: int) -> OSError:

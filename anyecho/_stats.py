@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+import anyio
 
 from ._echo import ByteCounts
 
@@ -60,7 +62,7 @@ class ByteCounter(ByteCounts):
     their sum with ``seen`` now and then, so timeouts cost nothing per chunk.
     """
 
-    __slots__ = ("scope", "seen", "since", "timed_out")
+    __slots__ = ("fd", "scope", "seen", "since", "timed_out", "wire")
 
     def __init__(self, now: float) -> None:
         super().__init__()
@@ -68,6 +70,11 @@ class ByteCounter(ByteCounts):
         self.since = now
         self.scope: Any = None
         self.timed_out = False
+        #: the connection's socket stream, when it counts what the kernel took
+        #: from its sends (``bytes_written()``); else progress is finished sends
+        self.wire: Any = None
+        #: the connection's socket descriptor, for the kernel's send queue
+        self.fd = -1
 
 
 class ServerStats:
@@ -86,6 +93,29 @@ class ServerStats:
         self.datagrams_dropped = 0
         self.errors: Counter[str] = Counter()
         self.open: set[ByteCounter] = set()
+        self._changed: anyio.Event | None = None
+
+    def changed(self) -> None:
+        """Wake the tasks in :meth:`wait_until` (after a connection ends, and so on).
+
+        Cheap when nobody waits: one attribute test.
+        """
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
+
+    async def wait_until(
+        self, predicate: Callable[[StatsSnapshot], bool]
+    ) -> StatsSnapshot:
+        """Wait until ``predicate(snapshot)`` holds; return that snapshot."""
+        while True:
+            snapshot = self.snapshot()
+            if predicate(snapshot):
+                return snapshot
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
 
     def opened(self, now: float) -> ByteCounter:
         counter = ByteCounter(now)
@@ -97,6 +127,7 @@ class ServerStats:
         self.open.discard(counter)
         self.bytes_received += counter.received
         self.bytes_sent += counter.sent
+        self.changed()
 
     def snapshot(self) -> StatsSnapshot:
         received = self.bytes_received + sum(c.received for c in self.open)

@@ -41,8 +41,14 @@ if sys.version_info < (3, 11):
 __all__ = ["TEST_DEFAULTS", "RunningServer", "serving"]
 
 #: The :class:`~anyecho.ServerConfig` settings :func:`serving` starts from: loopback
-#: only, a free port, and a short drain on the way out.
-TEST_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "drain_timeout": 0.5}
+#: only, a free port, a short drain on the way out, and no per-source limit (every
+#: client of a test comes from the same address: a pool of 200 must not wait).
+TEST_DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "drain_timeout": 0.5,
+    "max_connections_per_source": None,
+}
 
 Transport = Literal["tcp", "tls", "unix", "udp"]
 
@@ -75,6 +81,20 @@ class RunningServer:
     def stats(self) -> StatsSnapshot:
         """The server's counters now (final once the ``async with`` block is left)."""
         return self.server.stats
+
+    async def wait_stats(
+        self, predicate: Callable[[StatsSnapshot], bool]
+    ) -> StatsSnapshot:
+        """Wait until the counters satisfy ``predicate``, without sleeping.
+
+        .. code-block:: python
+
+            with anyio.fail_after(5):
+                await server.wait_stats(lambda s: s.errors["timeout"] == 1)
+
+        See :meth:`anyecho.EchoServer.wait_stats`.
+        """
+        return await self.server.wait_stats(predicate)
 
     @property
     def address(self) -> ListenAddress:

@@ -1,23 +1,22 @@
-"""The event-loop-specific listeners and streams, against real loopback sockets.
+"""The streams the server serves accepted sockets with, against real sockets.
 
-Every contract test runs on each backend. On Trio :func:`wrap_listener` hands back
-AnyIO's own listener, so there the same tests check AnyIO's Trio stream: the
-reference that the asyncio fast path must behave like.
+Every contract test runs on each backend, on the stream :func:`adopt` picks:
+:class:`AsyncioStream` on asyncio and uvloop, :class:`TrioStream` on Trio. With
+``ANYECHO_FASTPATH=0`` the same tests check AnyIO's own streams: the reference
+both must behave like.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
-import resource
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -34,7 +33,9 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
 
 from anyecho import EchoServer, echo
 from anyecho import _fastpath as fastpath
-from anyecho._fastpath import AsyncioListener, AsyncioStream, wrap_listener
+from anyecho._fastpath import AsyncioStream, adopt
+from anyecho._server import _Progress
+from anyecho._triostream import TrioStream
 
 from .utils import TIMEOUT, exchange, random_bytes, receive_all
 
@@ -54,16 +55,34 @@ async def inner() -> AsyncIterator[SocketListener]:
         yield listener
 
 
-@pytest.fixture
-async def listener(inner: SocketListener, anyio_backend_name: str) -> SocketListener:
-    """What the server accepts from: the fast path on asyncio.
+class Adopting(SocketListener):
+    """Accepts as the server does: from the raw socket, through :func:`adopt`."""
 
-    (Async, so that it runs in the event loop, as the server calls it.)
-    """
-    listener = wrap_listener(inner)
-    fast = fastpath.ENABLED and anyio_backend_name != "trio"
-    assert isinstance(listener, AsyncioListener) == fast
-    return listener
+    def __init__(self, inner: SocketListener) -> None:
+        self.inner = inner
+        self.sock: socket.socket = inner.extra(SocketAttribute.raw_socket)
+
+    async def accept(self) -> SocketStream:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+            else:
+                return await adopt(client)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self.sock
+
+
+@pytest.fixture
+def listener(inner: SocketListener) -> SocketListener:
+    """What the server accepts from."""
+    return Adopting(inner)
 
 
 def port_of(listener: SocketListener) -> int:
@@ -71,7 +90,7 @@ def port_of(listener: SocketListener) -> int:
 
 
 def is_fast(stream: object) -> bool:
-    return isinstance(stream, AsyncioStream)
+    return isinstance(stream, AsyncioStream | TrioStream)
 
 
 def skip_on_anyio_asyncio(stream: object, why: str) -> None:
@@ -130,43 +149,53 @@ async def receive_exactly(stream: ByteStream, size: int) -> bytes:
 # -- which listener -----------------------------------------------------------------
 
 
-async def test_wrapped_on_asyncio_unchanged_on_trio(
-    inner: SocketListener, anyio_backend_name: str
+async def test_adopt_picks_our_stream_for_the_backend(
+    listener: SocketListener, anyio_backend_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not fastpath.ENABLED:
         pytest.skip("ANYECHO_FASTPATH=0")
-    wrapped = wrap_listener(inner)
-    if anyio_backend_name == "trio":
-        assert wrapped is inner
-        return
-    assert isinstance(wrapped, AsyncioListener)
-    assert wrapped.inner is inner
-    assert wrapped.extra(SocketAttribute.raw_socket) is inner.extra(
-        SocketAttribute.raw_socket
-    )
-    assert port_of(wrapped) == port_of(inner)
-    async with connected(wrapped) as (server, _):
-        assert isinstance(server, AsyncioStream)
-
-
-async def test_switched_off_or_foreign_listeners_are_left_alone(
-    inner: SocketListener, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Foreign(SocketListener):
-        async def accept(self) -> SocketStream:
-            return await inner.accept()
-
-        async def aclose(self) -> None:
-            await inner.aclose()
-
-        @property
-        def _raw_socket(self) -> socket.socket:
-            return inner.extra(SocketAttribute.raw_socket)
-
-    foreign = Foreign()
-    assert wrap_listener(foreign) is foreign
+    ours = TrioStream if anyio_backend_name == "trio" else AsyncioStream
+    async with connected(listener) as (server, client):
+        assert type(server) is ours
+        assert isinstance(server, SocketStream)
+        assert await exchange_with(server, client, b"ours") == b"ours"
     monkeypatch.setattr(fastpath, "ENABLED", False)
-    assert wrap_listener(inner) is inner
+    async with connected(listener) as (server, client):
+        assert type(server).__module__.startswith("anyio.")
+        assert await exchange_with(server, client, b"anyio") == b"anyio"
+
+
+async def exchange_with(
+    server: SocketStream, client: SocketStream, data: bytes
+) -> bytes:
+    await client.send(data)
+    await server.send(await receive_exactly(server, len(data)))
+    return await receive_exactly(client, len(data))
+
+
+async def test_bytes_written_counts_what_the_kernel_took(
+    listener: SocketListener,
+) -> None:
+    async with stalled(listener) as (server, sock):
+        if not is_fast(server):
+            pytest.skip("AnyIO's own streams do not count bytes written")
+        assert isinstance(server, _Progress)
+        payload = random_bytes(8 * 1024 * 1024)
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.send, payload)  # blocks: the peer does not read
+                await anyio.wait_all_tasks_blocked()
+                written = server.bytes_written()
+                assert 0 < written < len(payload)
+                # The peer reads: the count grows while the send is still stuck.
+                taken = 0
+                while server.bytes_written() == written:
+                    with contextlib.suppress(BlockingIOError):
+                        taken += len(sock.recv(65536))
+                    await anyio.lowlevel.checkpoint()
+                assert written < server.bytes_written() < len(payload)
+                assert taken > 0
+                tg.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
@@ -425,8 +454,7 @@ async def test_cancelled_blocked_send(
                 await server.send(payload[start : start + chunk])
                 sent = start + chunk
         assert scope.cancelled_caught, "a peer that does not read must block sends"
-        if is_fast(server):
-            assert isinstance(server, AsyncioStream)
+        if isinstance(server, AsyncioStream):
             assert server.write_buffered <= fastpath.WRITE_HIGH + chunk
         if anyio_backend_name == "trio":
             return  # Trio leaves a cancelled send_all's stream in an unknown state.
@@ -464,8 +492,7 @@ async def test_read_ahead_is_bounded(listener: SocketListener) -> None:
             tg.start_soon(send)
             await anyio.sleep(0.5)  # the server does not receive meanwhile
             assert not done.is_set(), "the server must stop reading"
-            if is_fast(server):
-                assert isinstance(server, AsyncioStream)
+            if isinstance(server, AsyncioStream):
                 assert server.read_limit == fastpath.READ_HIGH_MIN  # no receive yet
                 assert 0 < server.read_buffered <= server.read_limit + TRANSPORT_READ
             with anyio.fail_after(TIMEOUT):
@@ -544,85 +571,7 @@ async def test_socket_attributes(listener: SocketListener) -> None:
         assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-# -- listeners ------------------------------------------------------------------------
-
-
-async def test_accept_after_close_and_during_close(
-    inner: SocketListener, anyio_backend_name: str
-) -> None:
-    listener = wrap_listener(inner)
-    errors: list[BaseException] = []
-
-    async def accept() -> None:
-        try:
-            await listener.accept()
-        except BaseException as exc:
-            errors.append(exc)
-
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(accept)
-            await anyio.wait_all_tasks_blocked()
-            await listener.aclose()
-    [error] = errors
-    assert isinstance(error, ClosedResourceError)
-    with pytest.raises(ClosedResourceError):
-        await listener.accept()
-
-
-async def test_closing_the_inner_listener_closes_ours(inner: SocketListener) -> None:
-    listener = wrap_listener(inner)
-    await inner.aclose()  # what the server does
-    with pytest.raises(ClosedResourceError):
-        await listener.accept()
-
-
-async def accept_error(
-    listener: SocketListener, connect: Callable[[], socket.socket]
-) -> BaseException:
-    """What ``listener.accept()`` raises when no descriptor is left for the peer.
-
-    The connection is then accepted and closed, leaving the listener as it was.
-    """
-    client = connect()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor
-    os.close(probe)
-    error: BaseException | None = None
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
-        with anyio.fail_after(5):
-            await listener.accept()
-    except (OSError, BrokenResourceError) as exc:
-        error = exc
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    with anyio.fail_after(TIMEOUT):
-        stream = await listener.accept()
-    await stream.aclose()
-    client.close()
-    assert error is not None, "accept() succeeded without a free descriptor"
-    return error
-
-
-def tcp_client(port: int) -> Callable[[], socket.socket]:
-    return lambda: socket.create_connection(("127.0.0.1", port))
-
-
-async def test_accept_errors_surface_as_anyio_surfaces_them(
-    inner: SocketListener,
-) -> None:
-    reference = await accept_error(inner, tcp_client(port_of(inner)))
-    listener = wrap_listener(inner)
-    error = await accept_error(listener, tcp_client(port_of(listener)))
-    assert type(error) is type(reference)
-    cause = error if isinstance(error, OSError) else error.__cause__
-    assert isinstance(cause, OSError)
-    assert cause.errno in (errno.EMFILE, errno.ENFILE)
-    # And the listener still works afterwards.
-    async with connected(listener) as (server, client):
-        await client.send(b"fine")
-        assert await receive_exactly(server, 4) == b"fine"
+# -- Unix sockets ---------------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -634,32 +583,17 @@ async def unix_listeners() -> AsyncIterator[tuple[SocketListener, str]]:
             yield inner, path
 
 
-def unix_client(path: str) -> Callable[[], socket.socket]:
-    def connect() -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(path)
-        return sock
-
-    return connect
-
-
-async def test_unix_listener(anyio_backend_name: str) -> None:
+async def test_unix_stream(anyio_backend_name: str) -> None:
     payload = random_bytes(3 * 1024 * 1024 + 5)
     async with unix_listeners() as (inner, path):
-        listener = wrap_listener(inner)
-        fast = fastpath.ENABLED and anyio_backend_name != "trio"
-        assert isinstance(listener, AsyncioListener) == fast
-        reference = await accept_error(inner, unix_client(path))
-        error = await accept_error(listener, unix_client(path))
-        assert type(error) is type(reference)
+        listener = Adopting(inner)
         with anyio.fail_after(TIMEOUT):
             async with await anyio.connect_unix(path) as client:
                 server = await listener.accept()
                 async with server, anyio.create_task_group() as tg:
                     assert server.extra(SocketAttribute.family) == socket.AF_UNIX
                     assert server.extra(SocketAttribute.local_address) == path
+                    if fastpath.ENABLED:
+                        assert is_fast(server)
                     tg.start_soon(echo, server)
                     assert await exchange(client, payload) == payload
-        await inner.aclose()
-        with pytest.raises(ClosedResourceError):
-            await listener.accept()

@@ -16,8 +16,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio import BrokenResourceError, EndOfStream
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
-from anyio.streams.stapled import MultiListener
+from anyio.abc import SocketAttribute, SocketStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,9 +177,20 @@ async def test_ipv6_loopback() -> None:
             server.stop()
 
 
-@needs_ipv6
-async def test_no_host_is_dual_stack() -> None:
+async def test_the_default_host_is_loopback_only() -> None:
+    assert ServerConfig().host == "127.0.0.1"
     server = EchoServer(port=0)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve)
+            assert [a.host for a in addresses] == ["127.0.0.1"]
+            server.stop()
+
+
+@needs_ipv6
+@pytest.mark.parametrize("host", ["*", None])
+async def test_every_interface_only_when_asked_is_dual_stack(host: str | None) -> None:
+    server = EchoServer(host=host, port=0)
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
             addresses = await tg.start(server.serve)
@@ -251,53 +261,24 @@ async def test_handler_error_ends_that_connection_only(
     assert record.exc_info[0] is BoomError
 
 
-class FlakyListener(SocketListener):
-    """A real listener whose first accepts fail the way each backend reports."""
-
-    def __init__(self, inner: SocketListener, failures: list[BaseException]) -> None:
-        self.inner = inner
-        self.failures = failures
-
-    async def accept(self) -> SocketStream:
-        if self.failures:
-            raise self.failures.pop(0)
-        return await self.inner.accept()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def _raw_socket(self) -> socket.socket:
-        return self.inner.extra(SocketAttribute.raw_socket)
-
-
-def exhaustion(code: int) -> list[BaseException]:
-    """The same errno as asyncio raises it and as AnyIO-on-Trio raises it."""
-    wrapped = BrokenResourceError()
-    wrapped.__cause__ = OSError(code, os.strerror(code))
-    return [OSError(code, os.strerror(code)), wrapped]
-
-
 async def test_accept_errors_are_logged_and_retried(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failures = [
-        *exhaustion(errno.EMFILE),
-        *exhaustion(errno.ENFILE),
-        *exhaustion(errno.ENOBUFS),
-        *exhaustion(errno.ENOMEM),
-        OSError(errno.ECONNABORTED, "Software caused connection abort"),
+        OSError(code, os.strerror(code))
+        for code in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
     ]
+    failures.append(OSError(errno.ECONNABORTED, "Software caused connection abort"))
     expected = len(failures)
-    real_create = anyio.create_tcp_listener
+    real_accept = socket.socket.accept
 
-    async def flaky_create(**kwargs: Any) -> MultiListener[SocketStream]:
-        multi = await real_create(**kwargs)
-        [inner] = multi.listeners
-        assert isinstance(inner, SocketListener)
-        return MultiListener([FlakyListener(inner, failures)])
+    def flaky_accept(sock: socket.socket) -> tuple[socket.socket, Any]:
+        # As accept(2) fails: with a connection pending, before taking it.
+        if failures:
+            raise failures.pop(0)
+        return real_accept(sock)
 
-    monkeypatch.setattr(anyio, "create_tcp_listener", flaky_create)
+    monkeypatch.setattr(anyecho._server, "_accept", flaky_accept)
     monkeypatch.setattr(anyecho._server, "ACCEPT_BACKOFF", 0.001)
     caplog.set_level(logging.DEBUG, logger="anyecho")
     server = EchoServer(host="127.0.0.1", port=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteReceiveStream, ByteStream
 
 from anyecho import ListenAddress
 
@@ -26,7 +26,7 @@ async def send_all(stream: ByteStream, payload: bytes, chunk: int = 64 * 1024) -
     await stream.send_eof()
 
 
-async def receive_all(stream: ByteStream) -> bytes:
+async def receive_all(stream: ByteReceiveStream) -> bytes:
     """Everything the peer sends until it ends its side."""
     received = bytearray()
     async for data in stream:
