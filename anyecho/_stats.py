@@ -24,11 +24,17 @@ class StatsSnapshot:
     :param bytes_received: bytes received, over streams and datagrams
     :param bytes_sent: bytes echoed back, over streams and datagrams
     :param datagrams_echoed: UDP datagrams echoed
-    :param datagrams_dropped: UDP datagrams not answered (reflection guard, rate
-        limit, send errors)
+    :param datagrams_dropped: UDP datagrams received but not answered: the sum of
+        :attr:`datagrams_dropped_by_reason`
     :param errors: errors by kind, 0 for kinds not seen (``accept``, ``reset``,
         ``handler``, ``tls``,
-        ``timeout``, ...)
+        ``timeout``, ``udp receive``, ...)
+    :param datagrams_dropped_by_reason: UDP datagrams not answered, by reason:
+        ``blocked-port`` (a source port the reflection guard never answers),
+        ``rate-limit`` (the source's packet or byte budget is spent),
+        ``send-buffer-full`` (the socket's send buffer had no room: the answer is
+        dropped rather than queued), ``send-error`` (the system refused to send
+        it), ``no-source-address`` (the system gave no address to answer)
     """
 
     active_connections: int = 0
@@ -38,6 +44,9 @@ class StatsSnapshot:
     datagrams_echoed: int = 0
     datagrams_dropped: int = 0
     errors: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    datagrams_dropped_by_reason: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def summary(self) -> str:
         """One line for a log, such as ``connections 3 active / 120 total, ...``."""
@@ -52,6 +61,9 @@ class StatsSnapshot:
                 f", datagrams {self.datagrams_echoed} echoed / "
                 f"{self.datagrams_dropped} dropped"
             )
+            reasons = sorted(self.datagrams_dropped_by_reason.items())
+            if reasons:
+                line += " (" + ", ".join(f"{why} {n}" for why, n in reasons) + ")"
         return f"{line}, errors: {errors or 'none'}"
 
 
@@ -91,6 +103,7 @@ class ServerStats:
         self.bytes_sent = 0
         self.datagrams_echoed = 0
         self.datagrams_dropped = 0
+        self.datagrams_dropped_by_reason: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.open: set[ByteCounter] = set()
         self._changed: anyio.Event | None = None
@@ -129,6 +142,11 @@ class ServerStats:
         self.bytes_sent += counter.sent
         self.changed()
 
+    def drop_datagram(self, reason: str) -> None:
+        """Count one datagram received and not answered, and why."""
+        self.datagrams_dropped += 1
+        self.datagrams_dropped_by_reason[reason] += 1
+
     def snapshot(self) -> StatsSnapshot:
         received = self.bytes_received + sum(c.received for c in self.open)
         sent = self.bytes_sent + sum(c.sent for c in self.open)
@@ -140,4 +158,7 @@ class ServerStats:
             datagrams_echoed=self.datagrams_echoed,
             datagrams_dropped=self.datagrams_dropped,
             errors=MappingProxyType(Counter(self.errors)),
+            datagrams_dropped_by_reason=MappingProxyType(
+                Counter(self.datagrams_dropped_by_reason)
+            ),
         )
