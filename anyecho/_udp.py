@@ -10,17 +10,32 @@ address, both the packets and the bytes it sends back.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import re
+import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
-from anyio.abc import UDPSocket
+from anyio.abc import SocketAttribute, UDPSocket
 
 from ._stats import ServerStats
 
-__all__ = ["DEFAULT_UDP_BLOCKED_PORTS", "RateLimit", "UDPGuard", "parse_port_set"]
+__all__ = [
+    "BLOCKED_PORT",
+    "DEFAULT_UDP_BLOCKED_PORTS",
+    "NO_SOURCE_ADDRESS",
+    "RATE_LIMIT",
+    "SEND_BUFFER_FULL",
+    "SEND_ERROR",
+    "RateLimit",
+    "UDPGuard",
+    "parse_port_set",
+]
 
 logger = logging.getLogger("anyecho")
 
@@ -32,6 +47,26 @@ logger = logging.getLogger("anyecho")
 DEFAULT_UDP_BLOCKED_PORTS: frozenset[int] = frozenset(
     {*range(1024), 1900, 3283, 3702, 5353, 5683, 11211}
 )
+
+# Why a datagram went unanswered: the keys of
+# StatsSnapshot.datagrams_dropped_by_reason.
+BLOCKED_PORT = "blocked-port"
+RATE_LIMIT = "rate-limit"
+SEND_BUFFER_FULL = "send-buffer-full"
+SEND_ERROR = "send-error"
+NO_SOURCE_ADDRESS = "no-source-address"
+
+#: Datagrams read per wake-up. After this many the loop waits for readiness
+#: again, which lets every other task run: a flood cannot starve the TCP side.
+_BATCH = 64
+
+#: More than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6).
+_BUFFER_SIZE = 65536
+
+#: Errors that mean the socket itself is gone, not one datagram.
+_SOCKET_GONE = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+_MSG_ERRQUEUE: int = getattr(socket, "MSG_ERRQUEUE", 0)
 
 
 def parse_port_set(text: str) -> frozenset[int]:
@@ -101,7 +136,7 @@ class UDPGuard:
     def check(self, host: str, port: int, size: int, now: float) -> str | None:
         """``None`` if the datagram may be answered, else why not."""
         if port == 0 or port in self.blocked_ports:
-            return "blocked source port"
+            return BLOCKED_PORT
         buckets = self._sources.get(host)
         if buckets is None:
             buckets = _Buckets(self.packets.burst, self.data.burst, now)
@@ -119,54 +154,196 @@ class UDPGuard:
                 self.data.burst, buckets.bytes + elapsed * self.data.rate
             )
         if buckets.packets < 1 or buckets.bytes < size:
-            return "rate limit"
+            return RATE_LIMIT
         buckets.packets -= 1
         buckets.bytes -= size
         return None
 
 
+class _Sender(Protocol):
+    def sendto(self, data: bytes | memoryview, address: Any, /) -> int: ...
+
+
+class _Responder:
+    """Answers one datagram, or counts it as dropped and why. Never raises OSError.
+
+    It sends on a non-blocking socket and never waits: an answer the send buffer
+    has no room for is dropped (``send-buffer-full``) rather than queued, so a
+    flood costs no memory here, and the receive side never stalls behind a send.
+    """
+
+    __slots__ = ("_clock", "_guard", "_sock", "_stats")
+
+    def __init__(
+        self,
+        sock: _Sender,
+        guard: UDPGuard,
+        stats: ServerStats,
+        clock: Callable[[], float],
+    ) -> None:
+        self._sock = sock
+        self._guard = guard
+        self._stats = stats
+        self._clock = clock
+
+    def answer(self, data: bytes | memoryview, address: Any) -> None:
+        stats = self._stats
+        size = len(data)
+        stats.bytes_received += size
+        if not isinstance(address, tuple) or len(address) < 2:
+            stats.drop_datagram(NO_SOURCE_ADDRESS)
+            logger.debug("udp: dropped %d bytes from %r (no address)", size, address)
+            return
+        host, port = address[0], address[1]
+        reason = self._guard.check(host, port, size, self._clock())
+        if reason is None:
+            try:
+                sent = self._sock.sendto(data, address)
+            except OSError as exc:
+                full = isinstance(exc, BlockingIOError) or exc.errno == errno.ENOBUFS
+                reason = SEND_BUFFER_FULL if full else SEND_ERROR
+                logger.debug("udp %s:%d: send failed (%s)", host, port, exc)
+            else:
+                stats.datagrams_echoed += 1
+                stats.bytes_sent += sent
+                return
+        stats.drop_datagram(reason)
+        logger.debug("udp %s:%d: dropped %d bytes (%s)", host, port, size, reason)
+
+
+def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> None:
+    """Count an error the system reported instead of a datagram, and carry on.
+
+    Such errors belong to an earlier send, not to the socket: an ICMP port
+    unreachable drawn by an answer to a client gone since surfaces as
+    ``ConnectionRefusedError`` on the next receive (on Linux with ``IP_RECVERR``;
+    on other systems on any unconnected socket).
+    """
+    stats.errors["udp receive"] += 1
+    logger.debug("udp: receive failed (%s)", exc)
+    if _MSG_ERRQUEUE:
+        # With IP_RECVERR, Linux also queues the error, and the socket polls as
+        # in error (so as readable) until it is read: a readiness loop would spin.
+        for _ in range(_BATCH):
+            try:
+                sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
+            except OSError:
+                break
+
+
 async def serve_udp(sock: UDPSocket, guard: UDPGuard, stats: ServerStats) -> None:
     """Echo datagrams on ``sock`` until cancelled or the socket is closed.
 
-    A failed receive or send costs that datagram only: an error the OS reports
-    for one datagram (an ICMP error, a full buffer) never stops the service.
+    Every datagram the system delivers is either answered (``datagrams_echoed``)
+    or counted in ``datagrams_dropped`` with its reason; an error the system
+    reports for one datagram or peer never stops the service. It serves from the
+    socket itself, not through ``sock.receive()`` and ``sock.sendto()``: AnyIO's
+    asyncio sockets queue at most 100 received datagrams and silently drop the
+    rest, and asyncio and uvloop silently skip sending empty datagrams.
     """
-    clock = anyio.current_time
-    while True:
+    transport = getattr(sock, "_transport", None)
+    raw = sock.extra(SocketAttribute.raw_socket)
+    if transport is not None and hasattr(transport, "set_protocol"):
+        await _serve_transport(transport, raw, guard, stats)
+    else:
+        await _serve_socket(raw, guard, stats)
+
+
+async def _serve_socket(
+    sock: socket.socket, guard: UDPGuard, stats: ServerStats
+) -> None:
+    """Wait until readable, then read and answer up to a batch, non-blocking."""
+    sock.setblocking(False)
+    answer = _Responder(sock, guard, stats, anyio.current_time).answer
+    buffer = bytearray(_BUFFER_SIZE)
+    view = memoryview(buffer)
+    receive = sock.recvfrom_into
+    while sock.fileno() >= 0:
         try:
-            data, (host, port) = await sock.receive()
+            await anyio.wait_readable(sock)
         except anyio.ClosedResourceError:
-            return
-        except anyio.BrokenResourceError as exc:
-            if not isinstance(exc.__cause__, OSError):
-                return  # the transport itself is gone
-            stats.errors["udp receive"] += 1
-            logger.debug("udp: receive failed (%s)", exc.__cause__)
-            continue
-        size = len(data)
-        stats.bytes_received += size
-        reason = guard.check(host, port, size, clock())
-        if reason is None:
+            return  # closed while we waited: the server is stopping
+        for _ in range(_BATCH):
             try:
-                reason = await _send(sock, data, host, port)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return  # the socket was closed under us: the server is stopping
-        if reason is None:
-            stats.datagrams_echoed += 1
-            stats.bytes_sent += size
-        else:
-            stats.datagrams_dropped += 1
-            stats.errors[f"udp {reason}"] += 1
-            logger.debug("udp %s:%d: dropped %d bytes (%s)", host, port, size, reason)
+                size, address = receive(buffer)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _SOCKET_GONE:
+                    return
+                _receive_failed(sock, stats, exc)
+                continue
+            answer(view[:size], address)
 
 
-async def _send(sock: UDPSocket, data: bytes, host: str, port: int) -> str | None:
+async def _serve_transport(
+    transport: asyncio.DatagramTransport,
+    raw: socket.socket,
+    guard: UDPGuard,
+    stats: ServerStats,
+) -> None:
+    """Answer from the transport's own receive callback (asyncio, uvloop).
+
+    The event loop already reads the socket for the transport, and would refuse
+    a second reader on it; so its protocol is swapped for one that answers each
+    datagram at once, with nothing queued, and is given back on the way out.
+    Answers go out on a duplicate of the socket, non-blocking.
+    """
+    if transport.is_closing():
+        return
+    sender = raw.dup()
     try:
-        await sock.sendto(data, host, port)
-    except OSError:
-        return "send failed"
-    except anyio.BrokenResourceError as exc:
-        if isinstance(exc.__cause__, OSError):
-            return "send failed"
-        raise
-    return None
+        sender.setblocking(False)
+        clock = asyncio.get_running_loop().time
+        responder = _Responder(sender, guard, stats, clock)
+        previous = transport.get_protocol()
+        protocol = _EchoProtocol(responder, sender, stats, previous)
+        transport.set_protocol(protocol)
+        try:
+            # Datagrams AnyIO's protocol read before we took over are answered
+            # first, in order; nothing can arrive between the swap and this.
+            queued = getattr(previous, "read_queue", None)
+            while queued:
+                data, address = queued.popleft()
+                responder.answer(data, address)
+            await protocol.done.wait()
+        finally:
+            if not protocol.done.is_set():
+                transport.set_protocol(previous)
+    finally:
+        sender.close()
+    if protocol.lost is not None:
+        logger.error("udp: the transport failed: %r", protocol.lost)
+
+
+class _EchoProtocol(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        responder: _Responder,
+        sock: socket.socket,
+        stats: ServerStats,
+        previous: asyncio.BaseProtocol,
+    ) -> None:
+        self._answer = responder.answer
+        self._sock = sock
+        self._stats = stats
+        self._previous = previous
+        self.done = anyio.Event()
+        self.lost: Exception | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._answer(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        _receive_failed(self._sock, self._stats, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+        self.done.set()
+        self._previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._previous.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._previous.resume_writing()

@@ -1,4 +1,4 @@
-"""Unix sockets, TLS and UDP, in-process on every backend."""
+"""Unix sockets and TLS, in-process on every backend (UDP: test_udp.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import pytest
 import trustme
 from anyio import BrokenResourceError, EndOfStream
 
-from anyecho import EchoServer, ListenAddress, ListenError, RateLimit
-from anyecho._udp import UDPGuard, parse_port_set
+from anyecho import EchoServer, ListenAddress, ListenError
 
 from .utils import (
     CLOCK_RESOLUTION,
@@ -292,95 +291,3 @@ def test_tls_server_context_errors(tmp_path: Path) -> None:
     bad.write_text("not a certificate")
     with pytest.raises(ValueError, match="cannot load TLS certificate"):
         tls_server_context(bad)
-
-
-# --- UDP --------------------------------------------------------------------
-
-
-async def test_udp_echo() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with running(udp=True) as server:
-            udp = first(server, "udp")
-            assert udp.port == first(server, "tcp").port
-            async with await anyio.create_udp_socket(local_host="127.0.0.1") as client:
-                for size in (1, 512, 65_000):
-                    payload = random_bytes(size)
-                    await client.sendto(payload, "127.0.0.1", udp.port)
-                    data, source = await client.receive()
-                    assert data == payload
-                    assert source == ("127.0.0.1", udp.port)
-            assert server.stats.datagrams_echoed == 3
-
-
-async def collect(client: anyio.abc.UDPSocket, window: float = 0.2) -> list[bytes]:
-    """Datagrams already queued for ``client`` (waits ``window`` for stragglers)."""
-    received: list[bytes] = []
-    with anyio.move_on_after(window):
-        while True:
-            received.append((await client.receive())[0])
-    return received
-
-
-async def test_udp_guard_drops_blocked_source_ports() -> None:
-    async with await anyio.create_udp_socket(local_host="127.0.0.1") as victim:
-        blocked_port = victim.extra(anyio.abc.SocketAttribute.local_port)
-        with anyio.fail_after(TIMEOUT):
-            async with running(udp=True, udp_blocked_ports={blocked_port}) as server:
-                port = first(server, "udp").port
-                async with await anyio.create_udp_socket(
-                    local_host="127.0.0.2"
-                ) as sentinel:
-                    await victim.sendto(b"reflect me", "127.0.0.1", port)
-                    # Datagrams are handled in order: once the sentinel is
-                    # answered, the first one has been decided on.
-                    await sentinel.sendto(b"sentinel", "127.0.0.1", port)
-                    assert (await sentinel.receive())[0] == b"sentinel"
-                assert await collect(victim) == []
-                assert server.stats.datagrams_dropped == 1
-                assert server.stats.errors["udp blocked source port"] == 1
-
-
-async def test_udp_rate_limit_per_source() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with running(udp=True, udp_rate=RateLimit(1.0, 3.0)) as server:
-            port = first(server, "udp").port
-            async with (
-                await anyio.create_udp_socket(local_host="127.0.0.1") as flood,
-                await anyio.create_udp_socket(local_host="127.0.0.2") as sentinel,
-            ):
-                for index in range(10):
-                    await flood.sendto(b"%d" % index, "127.0.0.1", port)
-                await sentinel.sendto(b"sentinel", "127.0.0.1", port)
-                assert (await sentinel.receive())[0] == b"sentinel"
-                assert await collect(flood) == [b"0", b"1", b"2"]
-            assert server.stats.datagrams_dropped == 7
-            assert server.stats.datagrams_echoed == 4
-
-
-def test_udp_guard_buckets() -> None:
-    guard = UDPGuard(
-        blocked_ports=parse_port_set("0-1023,1900"),
-        packets=RateLimit(10.0, 2.0),
-        data=RateLimit(1000.0, 1500.0),
-        max_sources=2,
-    )
-    assert guard.check("10.0.0.1", 0, 10, now=0.0) == "blocked source port"
-    assert guard.check("10.0.0.1", 7, 10, now=0.0) == "blocked source port"
-    assert guard.check("10.0.0.1", 19, 10, now=0.0) == "blocked source port"
-    assert guard.check("10.0.0.1", 1900, 10, now=0.0) == "blocked source port"
-    assert guard.check("10.0.0.1", 40000, 1000, now=0.0) is None
-    assert guard.check("10.0.0.1", 40000, 1000, now=0.0) == "rate limit"  # bytes
-    assert guard.check("10.0.0.1", 40000, 100, now=0.0) is None
-    assert guard.check("10.0.0.1", 40000, 1, now=0.0) == "rate limit"  # packets
-    assert guard.check("10.0.0.1", 40000, 100, now=0.1) is None  # refilled
-    # Only two sources are remembered; a third evicts the oldest.
-    assert guard.check("10.0.0.2", 40000, 1, now=0.1) is None
-    assert guard.check("10.0.0.3", 40000, 1, now=0.1) is None
-    assert guard.check("10.0.0.1", 40000, 1, now=0.1) is None  # fresh bucket
-
-
-def test_port_set_parsing() -> None:
-    assert parse_port_set("7, 9,13-15") == {7, 9, 13, 14, 15}
-    for bad in ("x", "5-3", "70000", "1-2-3"):
-        with pytest.raises(ValueError, match="invalid port"):
-            parse_port_set(bad)
