@@ -37,7 +37,6 @@ from anyio.abc import (
     SocketStream,
     TaskGroup,
     TaskStatus,
-    UDPSocket,
 )
 from anyio.streams.tls import TLSStream
 
@@ -399,12 +398,13 @@ class EchoServer:
             if port is None:
                 raise ValueError("UDP echo needs a port (it shares the TCP one)")
             for sock in await open_udp(stack, config.hosts, port, config.reuse_port):
-                address = ListenAddress.of_listener(sock, "udp")
+                host, bound_port = sock.getsockname()[:2]
+                address = ListenAddress("udp", host, bound_port)
                 listening.append((self._udp_loop, address, sock))
         return listening
 
     async def _udp_loop(
-        self, sock: UDPSocket, address: ListenAddress, connections: TaskGroup
+        self, sock: socket.socket, address: ListenAddress, connections: TaskGroup
     ) -> None:
         config = self.config
         guard = UDPGuard(
@@ -887,8 +887,12 @@ async def open_udp(
     hosts: tuple[str, ...] | None,
     port: int,
     reuse_port: bool = False,
-) -> list[UDPSocket]:
-    """UDP sockets bound to ``port`` on each host (every interface for ``None``)."""
+) -> list[socket.socket]:
+    """UDP sockets bound to ``port`` on each host (every interface for ``None``).
+
+    Non-blocking, and closed (after :func:`anyio.notify_closing`) when the stack
+    closes.
+    """
     addresses: list[tuple[socket.AddressFamily, tuple[Any, ...], bool]] = []
     if hosts is None:
         if socket.has_dualstack_ipv6():
@@ -905,7 +909,7 @@ async def open_udp(
                 raise _listen_error(exc, host, port) from None
             for family, _, _, _, sockaddr in sorted(set(infos)):
                 addresses.append((family, sockaddr, True))
-    sockets: list[UDPSocket] = []
+    sockets: list[socket.socket] = []
     for family, sockaddr, v6only in addresses:
         raw = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -918,10 +922,16 @@ async def open_udp(
             raw.close()
             error = _listen_error(exc, str(sockaddr[0]), port)
             raise ListenError(error.errno, f"udp: {error}") from None
-        udp = await UDPSocket.from_socket(raw)
-        stack.push_async_callback(udp.aclose)
-        sockets.append(udp)
+        raw.setblocking(False)
+        stack.callback(_close_socket, raw)
+        sockets.append(raw)
     return sockets
+
+
+def _close_socket(sock: socket.socket) -> None:
+    """Close a socket a task may be waiting on (it then ends at once)."""
+    anyio.notify_closing(sock)
+    sock.close()
 
 
 def _listen_error(exc: OSError, host: str | None, port: int) -> OSError:

@@ -10,7 +10,6 @@ address, both the packets and the bytes it sends back.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import re
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import SocketAttribute, UDPSocket
 
 from ._stats import ServerStats
 
@@ -231,28 +229,18 @@ def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> 
                 break
 
 
-async def serve_udp(sock: UDPSocket, guard: UDPGuard, stats: ServerStats) -> None:
+async def serve_udp(sock: socket.socket, guard: UDPGuard, stats: ServerStats) -> None:
     """Echo datagrams on ``sock`` until cancelled or the socket is closed.
 
     Every datagram the system delivers is either answered (``datagrams_echoed``)
     or counted in ``datagrams_dropped`` with its reason; an error the system
     reports for one datagram or peer never stops the service. It serves from the
-    socket itself, not through ``sock.receive()`` and ``sock.sendto()``: AnyIO's
-    asyncio sockets queue at most 100 received datagrams and silently drop the
-    rest, and asyncio and uvloop silently skip sending empty datagrams.
+    socket itself, on every backend: it waits until the socket is readable, then
+    reads and answers up to a batch, non-blocking. (AnyIO's asyncio UDP sockets
+    queue at most 100 received datagrams and silently drop the rest, and asyncio
+    and uvloop silently skip sending empty datagrams.) Whoever closes ``sock``
+    calls :func:`anyio.notify_closing` first, which ends this at once.
     """
-    transport = getattr(sock, "_transport", None)
-    raw = sock.extra(SocketAttribute.raw_socket)
-    if transport is not None and hasattr(transport, "set_protocol"):
-        await _serve_transport(transport, raw, guard, stats)
-    else:
-        await _serve_socket(raw, guard, stats)
-
-
-async def _serve_socket(
-    sock: socket.socket, guard: UDPGuard, stats: ServerStats
-) -> None:
-    """Wait until readable, then read and answer up to a batch, non-blocking."""
     sock.setblocking(False)
     answer = _Responder(sock, guard, stats, anyio.current_time).answer
     buffer = bytearray(_BUFFER_SIZE)
@@ -274,76 +262,3 @@ async def _serve_socket(
                 _receive_failed(sock, stats, exc)
                 continue
             answer(view[:size], address)
-
-
-async def _serve_transport(
-    transport: asyncio.DatagramTransport,
-    raw: socket.socket,
-    guard: UDPGuard,
-    stats: ServerStats,
-) -> None:
-    """Answer from the transport's own receive callback (asyncio, uvloop).
-
-    The event loop already reads the socket for the transport, and would refuse
-    a second reader on it; so its protocol is swapped for one that answers each
-    datagram at once, with nothing queued, and is given back on the way out.
-    Answers go out on a duplicate of the socket, non-blocking.
-    """
-    if transport.is_closing():
-        return
-    sender = raw.dup()
-    try:
-        sender.setblocking(False)
-        clock = asyncio.get_running_loop().time
-        responder = _Responder(sender, guard, stats, clock)
-        previous = transport.get_protocol()
-        protocol = _EchoProtocol(responder, sender, stats, previous)
-        transport.set_protocol(protocol)
-        try:
-            # Datagrams AnyIO's protocol read before we took over are answered
-            # first, in order; nothing can arrive between the swap and this.
-            queued = getattr(previous, "read_queue", None)
-            while queued:
-                data, address = queued.popleft()
-                responder.answer(data, address)
-            await protocol.done.wait()
-        finally:
-            if not protocol.done.is_set():
-                transport.set_protocol(previous)
-    finally:
-        sender.close()
-    if protocol.lost is not None:
-        logger.error("udp: the transport failed: %r", protocol.lost)
-
-
-class _EchoProtocol(asyncio.DatagramProtocol):
-    def __init__(
-        self,
-        responder: _Responder,
-        sock: socket.socket,
-        stats: ServerStats,
-        previous: asyncio.BaseProtocol,
-    ) -> None:
-        self._answer = responder.answer
-        self._sock = sock
-        self._stats = stats
-        self._previous = previous
-        self.done = anyio.Event()
-        self.lost: Exception | None = None
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._answer(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        _receive_failed(self._sock, self._stats, exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc
-        self.done.set()
-        self._previous.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._previous.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._previous.resume_writing()

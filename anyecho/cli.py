@@ -103,6 +103,18 @@ def count_or_zero(text: str) -> int:
     return value
 
 
+def count_or_auto(text: str) -> int | str:
+    """Parse a count that may be 0 (no limit) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return count_or_zero(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"invalid count {text!r}: expected 'auto' or an integer >= 0"
+        ) from None
+
+
 def file_mode(text: str) -> int:
     """Parse octal permissions such as ``600`` or ``0o660``."""
     try:
@@ -234,6 +246,15 @@ def _add_serve_parser(subparsers: Any) -> None:
         metavar="N",
         help="connections served at once; at the limit new clients wait in the "
         "listen queue; 0 for no limit (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections-per-source",
+        type=count_or_auto,
+        default="auto",
+        metavar="N",
+        help="connections served at once from one IP address; past it a client "
+        "waits, and past twice it is reset; 'auto' is a tenth of "
+        "--max-connections, at least 10; 0 for no limit (default: %(default)s)",
     )
     limits.add_argument(
         "--idle-timeout",
@@ -453,6 +474,7 @@ def _config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         tls_handshake_timeout=args.tls_handshake_timeout,
         max_connections=args.max_connections or None,
+        max_connections_per_source=args.max_connections_per_source or None,
         idle_timeout=args.idle_timeout or None,
         drain_timeout=args.drain_timeout,
         receive_size=args.receive_size,

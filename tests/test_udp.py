@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, UDPSocket
 
 from anyecho import RateLimit
 from anyecho._stats import ServerStats
@@ -240,17 +239,17 @@ async def test_clients_gone_before_their_echo_do_not_stop_the_service() -> None:
 @asynccontextmanager
 async def serving_socket(
     raw: socket.socket, guard: UDPGuard | None = None
-) -> AsyncIterator[tuple[UDPSocket, ServerStats]]:
+) -> AsyncIterator[tuple[socket.socket, ServerStats]]:
     """serve_udp on a socket made here, the way EchoServer runs it."""
     guard = guard or UDPGuard(
         blocked_ports=frozenset(), packets=UNLIMITED, data=UNLIMITED
     )
     stats = ServerStats()
-    sock = await UDPSocket.from_socket(raw)
-    async with sock, anyio.create_task_group() as tg:
-        tg.start_soon(serve_udp, sock, guard, stats)
-        yield sock, stats
-        tg.cancel_scope.cancel()
+    with raw:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve_udp, raw, guard, stats)
+            yield raw, stats
+            tg.cancel_scope.cancel()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="IP_RECVERR is Linux's")
@@ -261,8 +260,6 @@ async def test_icmp_error_on_receive_costs_nothing_but_a_count(
     # closed port draws: the next receive fails with ECONNREFUSED, and the error
     # stays queued (the socket polls as in error) until read with MSG_ERRQUEUE.
     # (The server never sets IP_RECVERR; this is a socket given to serve_udp.)
-    if backend_name == "uvloop":
-        pytest.skip("uvloop 0.23 crashes (SIGSEGV) on a receive error with IP_RECVERR")
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     raw.bind(("127.0.0.1", 0))
@@ -277,7 +274,7 @@ async def test_icmp_error_on_receive_costs_nothing_but_a_count(
                 sentinel.sendto(b"second", address)
                 assert (await receive(sentinel))[0] == b"second"
                 assert stats.errors["udp receive"] == 1
-                fd = sock.extra(SocketAttribute.raw_socket).fileno()
+                fd = sock.fileno()
                 poller = select.poll()
                 poller.register(fd, select.POLLIN)
                 assert poller.poll(0) == []  # no error left pending
@@ -291,19 +288,15 @@ async def test_datagrams_waiting_before_the_service_starts_are_answered() -> Non
     with client() as sock:
         for index in range(3):
             sock.sendto(b"%d" % index, address)
-        with anyio.fail_after(TIMEOUT):
-            async with await UDPSocket.from_socket(raw) as udp:
-                # Let the event loop read them (asyncio reads as soon as it can).
-                for _ in range(10):
-                    await anyio.lowlevel.checkpoint()
-                stats = ServerStats()
-                guard = UDPGuard(
-                    blocked_ports=frozenset(), packets=UNLIMITED, data=UNLIMITED
-                )
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(serve_udp, udp, guard, stats)
-                    assert await receive_n(sock, 3) == [b"0", b"1", b"2"]
-                    tg.cancel_scope.cancel()
+        with anyio.fail_after(TIMEOUT), raw:
+            stats = ServerStats()
+            guard = UDPGuard(
+                blocked_ports=frozenset(), packets=UNLIMITED, data=UNLIMITED
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve_udp, raw, guard, stats)
+                assert await receive_n(sock, 3) == [b"0", b"1", b"2"]
+                tg.cancel_scope.cancel()
     assert stats.datagrams_echoed == 3
 
 
@@ -314,13 +307,14 @@ async def test_service_ends_when_its_socket_is_closed() -> None:
     stats = ServerStats()
     guard = UDPGuard(blocked_ports=frozenset(), packets=UNLIMITED, data=UNLIMITED)
     with anyio.fail_after(TIMEOUT), client() as sock:
-        udp = await UDPSocket.from_socket(raw)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve_udp, udp, guard, stats)
+            tg.start_soon(serve_udp, raw, guard, stats)
             sock.sendto(b"ping", address)
             assert (await receive(sock))[0] == b"ping"
-            await udp.aclose()
-            # serve_udp returns on its own: the task group ends uncancelled.
+            # As the server closes it: serve_udp returns on its own, and the task
+            # group ends uncancelled.
+            anyio.notify_closing(raw)
+            raw.close()
     assert stats.datagrams_echoed == 1
 
 

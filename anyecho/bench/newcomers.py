@@ -558,6 +558,8 @@ def _server_spec(backend: str) -> ServerSpec:
             backend,
             "--max-connections",
             "0",
+            "--max-connections-per-source",
+            "0",
             "--idle-timeout",
             "0",
             "--log-level",

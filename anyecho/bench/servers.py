@@ -105,6 +105,9 @@ def registry() -> dict[str, ServerSpec]:
                 "127.0.0.1",
                 "--backend",
                 backend,
+                # Every client of the bench comes from 127.0.0.1.
+                "--max-connections-per-source",
+                "0",
                 "--log-level",
                 "info",
             ),
