@@ -15,10 +15,10 @@ from ._config import ServerConfig as ServerConfig
 from ._echo import RECEIVE_SIZE as RECEIVE_SIZE
 from ._echo import ByteCounts as ByteCounts
 from ._echo import echo as echo
+from ._errors import ListenError as ListenError
 from ._server import EchoServer as EchoServer
-from ._server import ListenAddress as ListenAddress
-from ._server import ListenError as ListenError
 from ._server import serve as serve
+from ._sockets import ListenAddress as ListenAddress
 from ._stats import StatsSnapshot as StatsSnapshot
 from ._tls import tls_server_context as tls_server_context
 from ._udp import DEFAULT_UDP_BLOCKED_PORTS as DEFAULT_UDP_BLOCKED_PORTS

@@ -6,11 +6,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 import anyio
 
 from ._echo import ByteCounts
+from ._errors import ErrorKind
 
 __all__ = ["ServerStats", "StatsSnapshot"]
 
@@ -67,28 +67,6 @@ class StatsSnapshot:
         return f"{line}, errors: {errors or 'none'}"
 
 
-class ByteCounter(ByteCounts):
-    """One open connection's counters and idle-timeout bookkeeping.
-
-    The hot path only adds to ``received`` and ``sent``; the idle watchdog compares
-    their sum with ``seen`` now and then, so timeouts cost nothing per chunk.
-    """
-
-    __slots__ = ("fd", "scope", "seen", "since", "timed_out", "wire")
-
-    def __init__(self, now: float) -> None:
-        super().__init__()
-        self.seen = 0
-        self.since = now
-        self.scope: Any = None
-        self.timed_out = False
-        #: the connection's socket stream, when it counts what the kernel took
-        #: from its sends (``bytes_written()``); else progress is finished sends
-        self.wire: Any = None
-        #: the connection's socket descriptor, for the kernel's send queue
-        self.fd = -1
-
-
 class ServerStats:
     """Live counters of one server.
 
@@ -105,7 +83,8 @@ class ServerStats:
         self.datagrams_dropped = 0
         self.datagrams_dropped_by_reason: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        self.open: set[ByteCounter] = set()
+        #: the open connections' own counters
+        self.open: set[ByteCounts] = set()
         self._changed: anyio.Event | None = None
 
     def changed(self) -> None:
@@ -130,13 +109,22 @@ class ServerStats:
                 self._changed = anyio.Event()
             await self._changed.wait()
 
-    def opened(self, now: float) -> ByteCounter:
-        counter = ByteCounter(now)
+    def error(self, kind: ErrorKind) -> None:
+        """Count one error of ``kind``."""
+        self.errors[kind] += 1
+        self.changed()
+
+    def turned_away(self, kind: ErrorKind) -> None:
+        """Count a connection accepted and closed at once, and why."""
+        self.total_connections += 1
+        self.error(kind)
+
+    def opened(self, counter: ByteCounts) -> None:
+        """Count a connection served; its bytes are read from ``counter``."""
         self.open.add(counter)
         self.total_connections += 1
-        return counter
 
-    def closed(self, counter: ByteCounter) -> None:
+    def closed(self, counter: ByteCounts) -> None:
         self.open.discard(counter)
         self.bytes_received += counter.received
         self.bytes_sent += counter.sent

@@ -217,7 +217,7 @@ def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> 
     ``ConnectionRefusedError`` on the next receive (on Linux with ``IP_RECVERR``;
     on other systems on any unconnected socket).
     """
-    stats.errors["udp receive"] += 1
+    stats.error("udp receive")
     logger.debug("udp: receive failed (%s)", exc)
     if _MSG_ERRQUEUE:
         # With IP_RECVERR, Linux also queues the error, and the socket polls as

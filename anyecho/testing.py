@@ -31,7 +31,8 @@ import anyio
 from anyio.abc import ByteStream, ConnectedUDPSocket
 
 from ._config import ServerConfig
-from ._server import EchoServer, ListenAddress
+from ._server import EchoServer
+from ._sockets import ListenAddress
 from ._stats import StatsSnapshot
 from .faults import Faults
 

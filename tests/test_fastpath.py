@@ -33,8 +33,8 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
 
 from anyecho import EchoServer, echo
 from anyecho import _fastpath as fastpath
+from anyecho._connection import _Progress
 from anyecho._fastpath import AsyncioStream, adopt
-from anyecho._server import _Progress
 from anyecho._triostream import TrioStream
 
 from .utils import TIMEOUT, exchange, random_bytes, receive_all

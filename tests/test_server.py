@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import anyecho
+import anyecho._accept
 from anyecho import (
     EchoServer,
     ListenAddress,
@@ -278,8 +279,8 @@ async def test_accept_errors_are_logged_and_retried(
             raise failures.pop(0)
         return real_accept(sock)
 
-    monkeypatch.setattr(anyecho._server, "_accept", flaky_accept)
-    monkeypatch.setattr(anyecho._server, "ACCEPT_BACKOFF", 0.001)
+    monkeypatch.setattr(anyecho._accept, "_accept", flaky_accept)
+    monkeypatch.setattr(anyecho._accept, "ACCEPT_BACKOFF", 0.001)
     caplog.set_level(logging.DEBUG, logger="anyecho")
     server = EchoServer(host="127.0.0.1", port=0)
     with anyio.fail_after(TIMEOUT):

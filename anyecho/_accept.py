@@ -1,0 +1,269 @@
+"""The accept loop, its errno policy, and who may start: the connection limits."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+
+from ._errors import describe
+from ._logs import LogLimiter
+from ._sockets import ListenAddress
+from ._stats import ServerStats
+
+__all__ = [
+    "ACCEPT_BACKOFF",
+    "ACCEPT_BATCH",
+    "CONNECTION_ERRNOS",
+    "Admission",
+    "accept_loop",
+]
+
+logger = logging.getLogger("anyecho")
+
+#: accept() failures that belong to one pending connection that died before we got
+#: to it (accept(2): "treat like EAGAIN by retrying"). Every other failure (out of
+#: descriptors or memory: EMFILE, ENFILE, ENOBUFS, ENOMEM, as Trio's
+#: ``serve_listeners`` pauses on) is logged, and the loop pauses before it retries.
+CONNECTION_ERRNOS: Final = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.EINVAL,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+        errno.ENONET,
+    }
+)
+
+#: Pause after an accept error that is not one connection's own (seconds).
+ACCEPT_BACKOFF = 0.1
+
+#: Connections accepted in a row, when many are pending, before the accept loop
+#: lets the open connections run: enough that a burst of newcomers is taken in a
+#: few trips round the event loop, few enough that the busy ones are not starved.
+ACCEPT_BATCH: Final = 128
+
+#: ``SO_LINGER`` on, zero seconds: ``close()`` resets the connection.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+#: How the accept loop accepts (a seam for tests that fake accept errors).
+_accept = socket.socket.accept
+
+Start = Callable[[socket.socket, Any, "str | None"], None]
+
+
+class Admission:
+    """The connection limits: a global one, and one per source address.
+
+    Each accepted socket holds a slot of the global limit until it ends. Under
+    the per-source limit a connection starts at once; over it, it waits,
+    accepted but not read (as a client waits in the listen queue at the global
+    limit), until one of its source's connections ends; up to as many waiters
+    as the limit, past which it is reset. Waiters hold their global slot too, so
+    a source holds at most twice its limit in all; and a flood of connections
+    that are already dead (reset before the server got to them) delays the next
+    client instead of turning it away, because dead waiters are pruned first.
+
+    :param max_connections: the global limit, or ``None``
+    :param per_source: the per-source limit, or ``None``
+    :param stats: where refusals are counted
+    """
+
+    def __init__(
+        self, max_connections: int | None, per_source: int | None, stats: ServerStats
+    ) -> None:
+        self.max_connections = max_connections
+        self.per_source = per_source
+        self._slots = (
+            None if max_connections is None else anyio.Semaphore(max_connections)
+        )
+        self._stats = stats
+        #: open connections per source address, and the ones waiting for a slot
+        self._sources: dict[str, int] = {}
+        self._waiting: dict[str, deque[tuple[socket.socket, Any]]] = {}
+        #: starts a connection's task (set by the server while it serves)
+        self.start: Start | None = None
+        self._log_refused = LogLimiter(
+            logger, logging.WARNING, "connections refused at the per-source limit"
+        )
+        self._log_waits = LogLimiter(
+            logger, logging.INFO, "waits at the per-source limit"
+        )
+        self._log_full = LogLimiter(
+            logger, logging.WARNING, "waits at the connection limit"
+        )
+
+    def flush_logs(self) -> None:
+        for log in (self._log_refused, self._log_waits, self._log_full):
+            log.flush()
+
+    async def acquire(self, address: ListenAddress) -> None:
+        """Take a slot of the global limit, waiting (logged) while none is free."""
+        slots = self._slots
+        if slots is None:
+            return
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            self._log_full(
+                "%s: at the connection limit (%d); new clients wait",
+                address,
+                self.max_connections,
+            )
+            await slots.acquire()
+
+    def release_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    def admit(self, client: socket.socket, peer: Any) -> tuple[bool, str | None]:
+        """Whether ``client`` starts now, and the source it counts under.
+
+        It does not start now when it waits for a slot of its source, or was
+        reset; the source is ``None`` where none is counted.
+        """
+        limit = self.per_source
+        if limit is None or not isinstance(peer, tuple):
+            return True, None  # no limit, or a Unix socket peer: this machine
+        source = str(peer[0]).removeprefix("::ffff:")
+        held = self._sources.get(source, 0)
+        if held < limit:
+            self._sources[source] = held + 1
+            return True, source
+        waiting = self._waiting.setdefault(source, deque())
+        if len(waiting) >= limit:
+            self._prune(waiting)
+        if len(waiting) < limit:
+            waiting.append((client, peer))
+            self._log_waits(
+                "%s: at the per-source limit (%d connections); a client waits",
+                source,
+                limit,
+            )
+        else:
+            self._refuse(client, source)
+        return False, source
+
+    def release(self, source: str | None) -> None:
+        """A connection ended: free its slot, and start its source's next waiter."""
+        self.release_slot()
+        if source is None:
+            return
+        waiting = self._waiting.get(source)
+        if waiting and self.start is not None:
+            client, peer = waiting.popleft()
+            if not waiting:
+                del self._waiting[source]
+            self.start(client, peer, source)  # its slot and count carry over
+            return
+        held = self._sources[source] - 1
+        if held:
+            self._sources[source] = held
+        else:
+            del self._sources[source]
+
+    def _prune(self, waiting: deque[tuple[socket.socket, Any]]) -> None:
+        """Drop the waiters whose peer has reset them already (one peek each)."""
+        for _ in range(len(waiting)):
+            client, peer = waiting.popleft()
+            try:
+                client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError:
+                client.close()
+                self.release_slot()
+                self._stats.turned_away("reset")
+                continue
+            waiting.append((client, peer))
+
+    def _refuse(self, client: socket.socket, source: str) -> None:
+        """Reset a connection past the per-source limit and its waiters, at once."""
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        client.close()
+        self.release_slot()
+        self._stats.turned_away("source-limit")
+        self._log_refused(
+            "%s: over the per-source limit (%d connections, as many waiting); reset",
+            source,
+            self.per_source,
+        )
+
+    def close_waiters(self) -> None:
+        """Close the connections still waiting for a per-source slot (a stop)."""
+        for waiting in self._waiting.values():
+            for client, _ in waiting:
+                client.close()
+                self.release_slot()
+        self._waiting.clear()
+
+
+async def accept_loop(
+    sock: socket.socket,
+    address: ListenAddress,
+    admission: Admission,
+    start: Start,
+    stats: ServerStats,
+) -> None:
+    """Accept from ``sock`` until cancelled or closed; ``start`` each connection.
+
+    Every connection pending when the socket is readable is accepted at once,
+    up to :data:`ACCEPT_BATCH` before the loop lets other tasks run, as libuv
+    and nginx do: a newcomer waits one trip round the event loop behind the
+    busy connections, not one trip per client ahead of it. Nothing here can
+    fail because of one client: the accepted socket goes straight to its own
+    task, where everything else is done.
+    """
+    batch = 0
+    while True:
+        await admission.acquire(address)
+        try:
+            client, peer = _accept(sock)
+        except BlockingIOError:
+            admission.release_slot()
+            batch = 0
+            try:
+                await anyio.wait_readable(sock)
+            except anyio.ClosedResourceError:
+                return
+            continue
+        except OSError as exc:
+            admission.release_slot()
+            if sock.fileno() < 0:
+                return  # closed
+            await _accept_failed(exc, stats)
+            continue
+        now, source = admission.admit(client, peer)
+        if not now:
+            continue
+        start(client, peer, source)
+        batch += 1
+        if batch >= ACCEPT_BATCH:
+            batch = 0
+            await anyio.lowlevel.checkpoint()
+
+
+async def _accept_failed(exc: OSError, stats: ServerStats) -> None:
+    stats.error("accept")
+    if exc.errno in CONNECTION_ERRNOS:
+        logger.debug("accept: a pending connection failed (%s)", describe(exc))
+        return
+    logger.warning(
+        "accept failed (%s); pausing %d ms", describe(exc), ACCEPT_BACKOFF * 1000
+    )
+    await anyio.sleep(ACCEPT_BACKOFF)

@@ -1,0 +1,231 @@
+"""Listening sockets: bound here once, for the server and for the workers.
+
+Every socket anyecho listens on is made by this module: TCP and UDP on each host
+times one port (dual-stack and port-0 logic written once), and Unix sockets with
+their stale-file handling. They are plain non-blocking :class:`socket.socket`
+objects; the accept loop, the UDP loop and the worker supervisor take them from
+here, and :func:`close` closes them so that a task waiting on one wakes at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+
+from ._errors import ListenError
+
+__all__ = [
+    "ListenAddress",
+    "Transport",
+    "bind_inet",
+    "bind_unix",
+    "close",
+    "resolve",
+    "resolve_now",
+]
+
+Transport = Literal["tcp", "tls", "unix", "udp"]
+
+#: ``getaddrinfo`` results, as :func:`bind_inet` takes them: (family, address)
+Targets = list[tuple[socket.AddressFamily, tuple[Any, ...]]]
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One address a server listens on.
+
+    ``str()`` gives a URL-like form: ``tcp://127.0.0.1:8888``, ``tcp://[::1]:8888``.
+
+    :param transport: ``tcp``, ``tls``, ``unix`` or ``udp``
+    :param host: the IP address (``None`` for Unix sockets)
+    :param port: the port number (``0`` for Unix sockets)
+    :param path: the socket path, for Unix sockets
+    """
+
+    transport: Transport
+    host: str | None = None
+    port: int = 0
+    path: str | None = None
+
+    __module__ = "anyecho"
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"{self.transport}://{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{self.transport}://{host}:{self.port}"
+
+    @classmethod
+    def of_socket(cls, sock: socket.socket, transport: Transport) -> ListenAddress:
+        """Where a bound socket listens."""
+        local = sock.getsockname()
+        if isinstance(local, tuple):
+            return cls(transport, str(local[0]), int(local[1]))
+        return cls(transport, path=os.fsdecode(local))
+
+
+def _where(host: str | None, port: int) -> str:
+    return f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+
+
+def _targets(infos: list[Any]) -> Targets:
+    return [(family, address) for family, _, _, _, address in sorted(set(infos))]
+
+
+_FLAGS = socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+
+
+async def resolve(
+    hosts: Sequence[str] | None, port: int, kind: socket.SocketKind
+) -> Targets:
+    """The addresses to bind for ``hosts`` (every interface for ``None``)."""
+    targets: Targets = []
+    for host in hosts or (None,):
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=kind, flags=_FLAGS)
+        except OSError as exc:
+            raise _resolve_error(exc, host) from exc
+        targets.extend(_targets(infos))
+    return targets
+
+
+def resolve_now(
+    hosts: Sequence[str] | None, port: int, kind: socket.SocketKind
+) -> Targets:
+    """:func:`resolve`, blocking: for code that runs before any event loop."""
+    targets: Targets = []
+    for host in hosts or (None,):
+        try:
+            infos = socket.getaddrinfo(host, port, type=kind, flags=_FLAGS)
+        except OSError as exc:
+            raise _resolve_error(exc, host) from exc
+        targets.extend(_targets(infos))
+    return targets
+
+
+def _resolve_error(exc: OSError, host: str | None) -> ListenError:
+    return ListenError(
+        exc.errno, f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    )
+
+
+def bind_inet(
+    targets: Targets,
+    kind: socket.SocketKind,
+    port: int,
+    *,
+    backlog: int | None,
+    reuse_port: bool = False,
+) -> list[socket.socket]:
+    """Bind a socket to each target, all on one port; listen unless ``backlog`` is
+    ``None``.
+
+    With ``port`` 0 the first socket picks a free port and every further one
+    takes the same. IPv6 sockets are IPv6-only (``IPV6_V6ONLY``), so that
+    ``0.0.0.0`` and ``::`` can both be bound, as AnyIO and Trio do. On an error
+    every socket bound so far is closed.
+
+    :raises ListenError: with a one-line message naming the address
+    """
+    with ExitStack() as undo:
+        sockets: list[socket.socket] = []
+        for family, address in targets:
+            sock = socket.socket(family, kind)
+            undo.callback(sock.close)
+            sock.setblocking(False)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            bound = (address[0], port, *address[2:])
+            try:
+                sock.bind(bound)
+                if backlog is not None:
+                    sock.listen(backlog)
+            except OSError as exc:
+                name = "udp " if kind == socket.SOCK_DGRAM else ""
+                reason = exc.strerror or str(exc)
+                raise ListenError(
+                    exc.errno,
+                    f"{name}cannot listen on {_where(str(address[0]), port)}: {reason}",
+                ) from exc
+            port = sock.getsockname()[1]
+            sockets.append(sock)
+        undo.pop_all()
+    return sockets
+
+
+def bind_unix(path: str, mode: int, backlog: int) -> tuple[socket.socket, int]:
+    """A listening Unix socket at ``path``, and the inode of its file.
+
+    A stale socket file, left by a server that died, is replaced; a path that a
+    live server holds, or where a file that is not a socket lies, is an error.
+    Pass the inode to :func:`remove_unix` when done.
+
+    :raises ListenError: with a one-line message naming the path
+    """
+    try:
+        _check_unix_path(path)
+    except OSError as exc:
+        raise ListenError(
+            exc.errno, f"cannot listen on unix:{path}: {exc.strerror}"
+        ) from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # stale: _check_unix_path said so
+        sock.bind(path)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+        inode = os.stat(path).st_ino
+    except OSError as exc:
+        sock.close()
+        raise ListenError(
+            exc.errno, f"cannot listen on unix:{path}: {exc.strerror or exc}"
+        ) from exc
+    return sock, inode
+
+
+def _check_unix_path(path: str) -> None:
+    """Raise :exc:`OSError` unless ``path`` is free or holds a stale socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is there")
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return  # stale
+        except BlockingIOError:
+            pass  # its listen queue is full: very much alive
+    raise OSError(errno.EADDRINUSE, "a live server listens there")
+
+
+def remove_unix(path: str, inode: int) -> None:
+    """Remove our socket file, unless something else has replaced it since."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def close(sock: socket.socket) -> None:
+    """Close a socket a task may be waiting on (that task then ends at once)."""
+    if sock.fileno() >= 0:
+        anyio.notify_closing(sock)
+    sock.close()
