@@ -6,6 +6,8 @@ private and may change.
 
 from __future__ import annotations
 
+import typing
+
 from ._backends import BACKEND_NAMES as BACKEND_NAMES
 from ._backends import Backend as Backend
 from ._backends import BackendUnavailableError as BackendUnavailableError
@@ -49,3 +51,25 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def _adopt_public_names() -> None:
+    """Make the public names report ``anyecho`` as their module.
+
+    They are defined in private modules; ``repr()``, tracebacks, pickling and the
+    documentation should show the name users import (as Trio does for its own).
+    """
+    namespace = globals()
+    for name in __all__:
+        value = namespace[name]
+        module = getattr(value, "__module__", None)
+        if not isinstance(module, str) or not module.startswith(f"{__name__}._"):
+            continue
+        if isinstance(value, type) and "__annotations__" in vars(value):
+            # Resolved while the defining module is still known, so that
+            # typing.get_type_hints() (dataclass tools, docs) keeps working.
+            value.__annotations__ = typing.get_type_hints(value, include_extras=True)
+        value.__module__ = __name__
+
+
+_adopt_public_names()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import ssl
 from collections.abc import Callable, Sequence
@@ -41,15 +42,34 @@ def _check_port(port: object) -> None:
         raise ValueError(f"invalid port {port!r}: expected an integer from 0 to 65535")
 
 
-def _check_positive(
-    name: str, value: object, *, allow_none: bool = False, integer: bool = False
+def check_number(
+    name: str,
+    value: object,
+    *,
+    allow_none: bool = False,
+    integer: bool = False,
+    allow_zero: bool = False,
 ) -> None:
+    """Raise :exc:`ValueError` (one line) unless ``value`` is a finite number > 0.
+
+    The one check behind every numeric setting: NaN and the infinities are never
+    valid (a NaN timeout would never fire), nor is a ``bool``.
+    """
     if value is None and allow_none:
         return
     kinds = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+    valid = (
+        not isinstance(value, bool)
+        and isinstance(value, kinds)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not valid:
         what = "integer" if integer else "number"
-        raise ValueError(f"invalid {name} {value!r}: expected a positive {what}")
+        expected = f"a {what} >= 0" if allow_zero else f"a positive {what}"
+        if allow_none:
+            expected += " (or None for no limit)"
+        raise ValueError(f"invalid {name} {value!r}: expected {expected}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,8 +171,8 @@ class ServerConfig:
             _check_port(self.port)
         elif not self.unix:
             raise ValueError("nothing to serve: no TCP port and no Unix socket")
-        _check_positive("receive_size", self.receive_size, integer=True)
-        _check_positive("backlog", self.backlog, integer=True)
+        check_number("receive_size", self.receive_size, integer=True)
+        check_number("backlog", self.backlog, integer=True)
         unix: Any = self.unix
         paths = (unix,) if isinstance(unix, str | os.PathLike) else tuple(unix)
         object.__setattr__(self, "unix", tuple(os.fspath(path) for path in paths))
@@ -162,23 +182,20 @@ class ServerConfig:
             self.ssl_context, ssl.SSLContext
         ):
             raise ValueError("ssl_context must be an ssl.SSLContext")
-        _check_positive("tls_handshake_timeout", self.tls_handshake_timeout)
-        _check_positive(
+        check_number("tls_handshake_timeout", self.tls_handshake_timeout)
+        check_number(
             "max_connections", self.max_connections, allow_none=True, integer=True
         )
         if self.max_connections_per_source != "auto":
-            _check_positive(
+            check_number(
                 "max_connections_per_source",
                 self.max_connections_per_source,
                 allow_none=True,
                 integer=True,
             )
-        _check_positive("idle_timeout", self.idle_timeout, allow_none=True)
+        check_number("idle_timeout", self.idle_timeout, allow_none=True)
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
-        if self.drain_timeout < 0:
-            raise ValueError(
-                f"invalid drain_timeout {self.drain_timeout!r}: expected >= 0"
-            )
+        check_number("drain_timeout", self.drain_timeout, allow_zero=True)
 
     @property
     def per_source_limit(self) -> int | None:

@@ -24,8 +24,6 @@ ErrorKind = Literal[
 class ListenError(OSError):
     """A listening socket could not be opened; ``str()`` is a one-line reason."""
 
-    __module__ = "anyecho"
-
     def __str__(self) -> str:
         return str(self.strerror)
 

@@ -56,8 +56,6 @@ class EchoServer:
         from scratch): ``EchoServer(port=0)``
     """
 
-    __module__ = "anyecho"
-
     def __init__(self, config: ServerConfig | None = None, /, **options: Any) -> None:
         if config is None:
             config = ServerConfig(**options)

@@ -56,8 +56,6 @@ class ListenAddress:
     port: int = 0
     path: str | None = None
 
-    __module__ = "anyecho"
-
     def __str__(self) -> str:
         if self.path is not None:
             return f"{self.transport}://{self.path}"

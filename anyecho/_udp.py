@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import re
 import socket
 from collections import OrderedDict
@@ -92,8 +93,15 @@ class RateLimit:
     burst: float
 
     def __post_init__(self) -> None:
-        if not (self.rate > 0 and self.burst > 0):
-            raise ValueError(f"invalid rate limit {self.rate}/s, burst {self.burst}")
+        values: tuple[object, ...] = (self.rate, self.burst)
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf
+            for v in values
+        ):
+            raise ValueError(
+                f"invalid rate limit {self.rate!r}/s, burst {self.burst!r}: "
+                "expected positive, finite numbers"
+            )
 
 
 class _Buckets:

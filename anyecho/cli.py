@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import anyio
+from anyio.abc import TaskStatus
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -407,8 +408,11 @@ def leaf_exception(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _stop_on_signals(server: EchoServer) -> None:
+async def _stop_on_signals(
+    server: EchoServer, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         first = True
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -430,7 +434,7 @@ async def _log_stats(server: EchoServer, interval: float) -> None:
 async def run_server(server: EchoServer, stats_interval: float | None = None) -> None:
     """Run ``server`` until a signal stops it (the body of ``anyecho serve``)."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, server)
+        await tg.start(_stop_on_signals, server)  # handling signals before serving
         if stats_interval:
             tg.start_soon(_log_stats, server, stats_interval)
         await server.serve()

@@ -235,7 +235,7 @@ def resolve(
         domain = env.get_domain("py")
         retry = node.deepcopy()
         retry["reftarget"] = public
-        return domain.resolve_xref(
+        found: Element | None = domain.resolve_xref(
             env,
             node["refdoc"],
             app.builder,
@@ -244,6 +244,7 @@ def resolve(
             retry,
             contnode,
         )
+        return found or _field_owner(app, env, node, contnode)
     url = external_url(target) or external_url(_imported_as(node, target))
     if url is None:
         return _field_owner(app, env, node, contnode)
