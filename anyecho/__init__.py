@@ -13,6 +13,8 @@ from ._backends import Backend as Backend
 from ._backends import BackendUnavailableError as BackendUnavailableError
 from ._backends import resolve_backend as resolve_backend
 from ._config import DEFAULT_PORT as DEFAULT_PORT
+from ._config import DEFAULT_UDP_BLOCKED_PORTS as DEFAULT_UDP_BLOCKED_PORTS
+from ._config import RateLimit as RateLimit
 from ._config import ServerConfig as ServerConfig
 from ._echo import RECEIVE_SIZE as RECEIVE_SIZE
 from ._echo import ByteCounts as ByteCounts
@@ -23,8 +25,6 @@ from ._server import serve as serve
 from ._sockets import ListenAddress as ListenAddress
 from ._stats import StatsSnapshot as StatsSnapshot
 from ._tls import tls_server_context as tls_server_context
-from ._udp import DEFAULT_UDP_BLOCKED_PORTS as DEFAULT_UDP_BLOCKED_PORTS
-from ._udp import RateLimit as RateLimit
 from ._wrap import StreamWrapper as StreamWrapper
 from .faults import Faults as Faults
 

@@ -17,6 +17,7 @@ __all__ = [
     "BACKEND_NAMES",
     "Backend",
     "BackendUnavailableError",
+    "check_event_loop",
     "current_backend_name",
     "resolve_backend",
 ]
@@ -128,3 +129,25 @@ def current_backend_name() -> str:
         return "trio"  # AnyIO's only other backend
     module = type(loop).__module__.partition(".")[0]
     return "asyncio" if module == "asyncio" else module
+
+
+def check_event_loop() -> None:
+    """Refuse, up front, an asyncio loop that cannot serve AnyIO streams.
+
+    The server hands each accepted socket to the loop with
+    ``loop.connect_accepted_socket``; a loop that leaves it unimplemented would
+    otherwise fail on the first client.
+    """
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # Trio
+    method = getattr(type(loop), "connect_accepted_socket", None)
+    if method in (None, asyncio.AbstractEventLoop.connect_accepted_socket):
+        name = f"{type(loop).__module__}.{type(loop).__qualname__}"
+        raise BackendUnavailableError(
+            f"event loop {name} cannot serve: it does not implement "
+            "connect_accepted_socket"
+        )

@@ -13,9 +13,15 @@ from typing import Any, Literal
 from anyio.abc import ByteStream
 
 from ._echo import RECEIVE_SIZE
-from ._udp import DEFAULT_UDP_BLOCKED_PORTS, RateLimit
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EVERY_INTERFACE", "ServerConfig"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_UDP_BLOCKED_PORTS",
+    "EVERY_INTERFACE",
+    "RateLimit",
+    "ServerConfig",
+]
 
 #: Where a server listens when no host is given: loopback, this machine only.
 DEFAULT_HOST = "127.0.0.1"
@@ -35,6 +41,34 @@ AUTO_PER_SOURCE_UNLIMITED = 100
 DEFAULT_PORT = 8888
 
 WrapStream = Callable[[ByteStream], ByteStream]
+
+#: Source ports never answered: 0 (not a real port), every well-known port (0-1023:
+#: echo 7, discard 9, daytime 13, qotd 17, chargen 19, time 37, DNS 53, NTP 123,
+#: SNMP 161, ...), and registered ports of services known to reflect or amplify
+#: (SSDP 1900, Apple Remote Desktop 3283, WS-Discovery 3702, mDNS 5353, CoAP 5683,
+#: memcached 11211).
+DEFAULT_UDP_BLOCKED_PORTS: frozenset[int] = frozenset(
+    {*range(1024), 1900, 3283, 3702, 5353, 5683, 11211}
+)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket's settings: a sustained rate and the burst it allows."""
+
+    rate: float
+    burst: float
+
+    def __post_init__(self) -> None:
+        values: tuple[object, ...] = (self.rate, self.burst)
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf
+            for v in values
+        ):
+            raise ValueError(
+                f"invalid rate limit {self.rate!r}/s, burst {self.burst!r}: "
+                "expected positive, finite numbers"
+            )
 
 
 def _check_port(port: object) -> None:

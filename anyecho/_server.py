@@ -7,7 +7,6 @@ connection and watches for idle ones, :mod:`._udp` serves datagrams.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -25,7 +24,7 @@ if sys.version_info < (3, 11):
 
 from . import _sockets
 from ._accept import Admission, Start, accept_loop
-from ._backends import BackendUnavailableError, current_backend_name
+from ._backends import check_event_loop, current_backend_name
 from ._config import ServerConfig
 from ._connection import Connections
 from ._memory import keep_freed_memory
@@ -173,7 +172,7 @@ class EchoServer:
         config = self.config
         with ExitStack() as sockets:
             try:
-                _check_event_loop()
+                check_event_loop()
                 keep_freed_memory()
                 streams, datagrams = await self._open(sockets)
             except BaseException as exc:
@@ -328,25 +327,6 @@ def _single_exception() -> Generator[None, None, None]:
         finally:
             leaf.__context__ = context
             del leaf
-
-
-def _check_event_loop() -> None:
-    """Refuse, up front, an asyncio loop that cannot serve AnyIO streams.
-
-    AnyIO's asyncio listeners need ``loop.connect_accepted_socket``; a loop that
-    leaves it unimplemented would otherwise fail on the first client.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return  # Trio
-    method = getattr(type(loop), "connect_accepted_socket", None)
-    if method in (None, asyncio.AbstractEventLoop.connect_accepted_socket):
-        name = f"{type(loop).__module__}.{type(loop).__qualname__}"
-        raise BackendUnavailableError(
-            f"event loop {name} cannot serve: it does not implement "
-            "connect_accepted_socket"
-        )
 
 
 async def serve(

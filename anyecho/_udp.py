@@ -12,40 +12,28 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import re
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 
+from ._config import RateLimit
 from ._stats import ServerStats
 
 __all__ = [
     "BLOCKED_PORT",
-    "DEFAULT_UDP_BLOCKED_PORTS",
     "NO_SOURCE_ADDRESS",
     "RATE_LIMIT",
     "SEND_BUFFER_FULL",
     "SEND_ERROR",
-    "RateLimit",
     "UDPGuard",
     "parse_port_set",
 ]
 
 logger = logging.getLogger("anyecho")
-
-#: Source ports never answered: 0 (not a real port), every well-known port (0-1023:
-#: echo 7, discard 9, daytime 13, qotd 17, chargen 19, time 37, DNS 53, NTP 123,
-#: SNMP 161, ...), and registered ports of services known to reflect or amplify
-#: (SSDP 1900, Apple Remote Desktop 3283, WS-Discovery 3702, mDNS 5353, CoAP 5683,
-#: memcached 11211).
-DEFAULT_UDP_BLOCKED_PORTS: frozenset[int] = frozenset(
-    {*range(1024), 1900, 3283, 3702, 5353, 5683, 11211}
-)
 
 # Why a datagram went unanswered: the keys of
 # StatsSnapshot.datagrams_dropped_by_reason.
@@ -83,25 +71,6 @@ def parse_port_set(text: str) -> frozenset[int]:
             )
         ports.update(range(low, high + 1))
     return frozenset(ports)
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A token bucket's settings: a sustained rate and the burst it allows."""
-
-    rate: float
-    burst: float
-
-    def __post_init__(self) -> None:
-        values: tuple[object, ...] = (self.rate, self.burst)
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf
-            for v in values
-        ):
-            raise ValueError(
-                f"invalid rate limit {self.rate!r}/s, burst {self.burst!r}: "
-                "expected positive, finite numbers"
-            )
 
 
 class _Buckets:

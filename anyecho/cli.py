@@ -25,11 +25,11 @@ if sys.version_info < (3, 11):
 
 from . import __version__
 from ._backends import BACKEND_NAMES, Backend, BackendUnavailableError, resolve_backend
-from ._config import DEFAULT_PORT, ServerConfig
+from ._config import DEFAULT_PORT, RateLimit, ServerConfig
 from ._echo import RECEIVE_SIZE
 from ._server import EchoServer
 from ._tls import tls_server_context
-from ._udp import RateLimit, parse_port_set
+from ._udp import parse_port_set
 from ._workers import check_reuse_port, reserve_port, supervise
 from .faults import add_fault_arguments, faults_from_args
 
