@@ -158,6 +158,20 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def host_name(text: str) -> str:
+    """A host to listen on: a name or an address, or ``*`` for every interface.
+
+    An empty one (say, an unset ``$HOST``) is an error rather than a synonym for
+    ``*``: listening everywhere must be asked for.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid host {text!r}: expected a host name or address, "
+            "or '*' for every interface"
+        )
+    return text
+
+
 def _add_serve_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
@@ -170,6 +184,7 @@ def _add_serve_parser(subparsers: Any) -> None:
     where.add_argument(
         "--host",
         action="append",
+        type=host_name,
         metavar="HOST",
         help="interface to listen on; repeat for several, '*' for every interface "
         "(IPv4 and IPv6). Default: 127.0.0.1",
@@ -419,7 +434,7 @@ async def run_server(server: EchoServer, stats_interval: float | None = None) ->
 def _hosts(values: Sequence[str] | None) -> tuple[str, ...] | None:
     if not values:
         return ("127.0.0.1",)
-    if any(v in {"*", ""} for v in values):
+    if "*" in values:
         return None
     return tuple(values)
 
