@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-__all__ = ["reserve_port", "supervise"]
+__all__ = ["max_workers", "reserve_port", "supervise"]
 
 logger = logging.getLogger("anyecho")
 
@@ -33,6 +33,11 @@ logger = logging.getLogger("anyecho")
 START_GRACE = 2.0
 #: Consecutive failed starts after which the supervisor gives up.
 MAX_FAILED_STARTS = 5
+
+
+def max_workers() -> int:
+    """The most ``--workers`` accepted: 8 per CPU, and at least 64."""
+    return max(64, 8 * (os.cpu_count() or 1))
 
 
 def check_reuse_port() -> None:

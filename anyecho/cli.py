@@ -29,7 +29,7 @@ from ._echo import RECEIVE_SIZE
 from ._server import EchoServer
 from ._tls import tls_server_context
 from ._udp import RateLimit, parse_port_set
-from ._workers import check_reuse_port, reserve_port, supervise
+from ._workers import check_reuse_port, max_workers, reserve_port, supervise
 from .faults import add_fault_arguments, faults_from_args
 
 __all__ = ["build_parser", "main"]
@@ -315,7 +315,8 @@ def _add_serve_parser(subparsers: Any) -> None:
         metavar="N",
         help="run N server processes sharing the port (SO_REUSEPORT, Linux) "
         "under one supervisor that forwards signals and replaces a worker that "
-        "dies; 0 for a single process (default)",
+        "dies; 0 for a single process (default); at most 8 per CPU (64 on "
+        "machines with fewer than 8 CPUs)",
     )
     run.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument(
@@ -483,7 +484,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         backend = resolve_backend(args.backend)
         config = _config_from_args(args)
         if args.workers:
-            _check_workers(config)
+            _check_workers(config, args.workers)
     except (BackendUnavailableError, ValueError) as exc:
         return fail(str(exc), EXIT_USAGE)
     configure_logging(args.log_level, args.log_format)
@@ -496,8 +497,13 @@ def _serve_command(args: argparse.Namespace) -> int:
     return run_until_stopped(backend, run_server, server, args.stats_interval)
 
 
-def _check_workers(config: ServerConfig) -> None:
+def _check_workers(config: ServerConfig, count: int) -> None:
     check_reuse_port()
+    if count > max_workers():
+        raise ValueError(
+            f"--workers {count}: at most {max_workers()} on this machine "
+            f"(8 per CPU, at least 64)"
+        )
     if config.unix:
         raise ValueError("--workers cannot share a Unix socket: drop --unix")
 

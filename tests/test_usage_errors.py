@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
+
+from anyecho._workers import max_workers
 
 from .processes import one_line_error
 
@@ -22,3 +27,13 @@ def test_empty_host_among_others_is_an_error() -> None:
     )
     assert status == 2
     assert "invalid host ''" in line
+
+
+def test_worker_count_is_bounded() -> None:
+    assert max_workers() == max(64, 8 * (os.cpu_count() or 1))
+    status, line = one_line_error("serve", "--port", "0", "--workers", "100000")
+    assert status == 2
+    if sys.platform.startswith("linux"):
+        assert f"--workers 100000: at most {max_workers()}" in line
+    else:
+        assert "SO_REUSEPORT" in line
