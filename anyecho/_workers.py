@@ -145,7 +145,11 @@ class _Supervisor:
 
     def start(self, slot: int) -> None:
         """Start the worker for ``slot``, unless a stop was requested."""
-        ready, ready_end = os.pipe()
+        try:
+            ready, ready_end = os.pipe()
+        except OSError as exc:  # out of file descriptors
+            self.failed(slot, f"worker {slot} could not start ({exc})")
+            return
         # Blocked here, the stop signals stay blocked in the child until its
         # handler is installed; and none is handled between the check below
         # and the registration of the new worker.
