@@ -42,6 +42,9 @@ logger = logging.getLogger("anyecho")
 EXIT_USAGE = 2
 #: Exit status for errors while running (address in use, ...).
 EXIT_FAILURE = 1
+#: Exit status of a command other than ``serve`` stopped by a signal as it began
+#: (as a shell reports SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -667,6 +670,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command is None:
             parser.print_usage(sys.stderr)
             return fail("choose a command (anyecho serve --help)", EXIT_USAGE)
+        if command is not _serve_command:
+            # Other commands (bench) take Ctrl-C as KeyboardInterrupt, as usual.
+            interrupted = bool(stop_requests.reasons)
+            stop_requests.restore()
+            if interrupted:
+                return fail("interrupted", EXIT_INTERRUPTED)
         status: int = command(args)
         return status
     finally:

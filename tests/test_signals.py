@@ -66,3 +66,17 @@ def test_signals_in_a_row_while_starting(
     server.proc.send_signal(signum)
     server.proc.send_signal(signal.SIGTERM)
     assert_quiet_stop(server)
+
+
+def test_bench_still_takes_ctrl_c_as_an_interrupt(run: type[ServerProcess]) -> None:
+    """The stop handling is for ``serve``: other commands keep KeyboardInterrupt."""
+    bench = run(
+        "bench",
+        *("--servers", "anyecho-asyncio", "--sizes", "64", "--connections", "1"),
+        *("--duration", "60", "--warmup", "0.1", "--repeat", "1", "--no-pin"),
+    )
+    bench.wait_for(r"1 runs, about")
+    bench.proc.send_signal(signal.SIGINT)
+    status, stderr = bench.finish()
+    assert status == 130, stderr
+    assert "Traceback" not in stderr
