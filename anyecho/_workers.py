@@ -6,10 +6,22 @@ spreads connections over them (``SO_REUSEPORT``, Linux). The supervisor:
 - picks the port once (for ``--port 0``) and holds it, bound but not listening,
   so that every worker gets the same one;
 - starts the workers in their own sessions, so a Ctrl-C in the terminal reaches
-  the supervisor only, and forwards each SIGINT/SIGTERM it gets as one SIGTERM
-  per worker (a first signal drains, a second stops at once, as for one server);
-- reports a worker that dies and starts a new one in its place, unless workers
-  keep dying at start-up, which ends the whole service.
+  the supervisor only, and turns each SIGINT, SIGTERM or SIGHUP it gets into one
+  SIGTERM per worker (a first signal drains, a second stops at once, as for one
+  server);
+- learns from each worker, through a pipe, once it listens; a worker that dies
+  after that is replaced, after a delay that doubles with each quick death of
+  the same slot (from none up to :data:`MAX_RESTART_DELAY`) and starts again
+  from none once a worker has served for :data:`HEALTHY_AFTER` seconds. Only
+  workers that die before they ever listen, :data:`MAX_FAILED_STARTS` in a row,
+  end the service (status 1);
+- holds the write end of a pipe that every worker watches: when the supervisor
+  dies, however (``kill -9`` included), the pipe ends and the workers stop.
+
+Signals never race with the work: the handler only records the request
+(``_signals``), and the loop acts on it. A worker is started with the stop
+signals blocked, so one forwarded to it while it starts waits until its own
+handler is installed; and no worker is started once a stop was requested.
 """
 
 from __future__ import annotations
@@ -17,22 +29,43 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
+from dataclasses import dataclass
 
-__all__ = ["reserve_port", "supervise"]
+from ._signals import STOP_SIGNALS, stop_requests
+
+__all__ = ["max_workers", "reserve_port", "supervise"]
 
 logger = logging.getLogger("anyecho")
 
-#: A worker that exits this soon after starting counts as failing to start.
-START_GRACE = 2.0
-#: Consecutive failed starts after which the supervisor gives up.
+#: Workers in a row that exit before they listen, after which the supervisor
+#: gives up. A worker that listened resets the count.
 MAX_FAILED_STARTS = 5
+#: The delay before the second replacement in a row for one slot (the first is
+#: immediate); it doubles with each further one, up to :data:`MAX_RESTART_DELAY`.
+RESTART_DELAY = 0.1
+MAX_RESTART_DELAY = 10.0
+#: A worker that listened this long before it died was healthy: its slot's next
+#: replacement is immediate again.
+HEALTHY_AFTER = 10.0
+
+
+def max_workers() -> int:
+    """The most ``--workers`` accepted: 8 per CPU, and at least 64."""
+    return max(64, 8 * (os.cpu_count() or 1))
+
+
+def restart_delay(deaths: int) -> float:
+    """Seconds to wait before replacing a slot's ``deaths``-th quick death."""
+    if deaths <= 1:
+        return 0.0
+    return min(RESTART_DELAY * 2.0 ** (deaths - 2), MAX_RESTART_DELAY)
 
 
 def check_reuse_port() -> None:
@@ -79,82 +112,192 @@ def reserve_port(
     return port, held
 
 
+@dataclass
+class _Worker:
+    slot: int
+    process: subprocess.Popen[bytes]
+    ready: int  # read end of the pipe the worker reports listening on
+    listening_since: float | None = None
+
+    def describe(self) -> str:
+        return f"worker {self.slot} (pid {self.process.pid})"
+
+
 class _Supervisor:
     def __init__(self, command: list[str], count: int) -> None:
         self.command = command
         self.count = count
-        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
-        self.signals = 0
+        self.workers: dict[int, _Worker] = {}  # by ready pipe
+        self.deaths = dict.fromkeys(range(1, count + 1), 0)  # quick deaths per slot
+        self.due: dict[int, float] = {}  # slot -> when to start its worker
+        self.handled = 0  # stop requests acted on
         self.failed_starts = 0
+        self.gave_up = False
         self.unclean_exits = 0
+        self.selector = selectors.DefaultSelector()
+        # The supervisor holds the only write end: the workers see the pipe end
+        # when it exits, however it dies.
+        self.lifeline, self.lifeline_end = os.pipe()
+
+    @property
+    def stopping(self) -> bool:
+        return self.handled > 0 or self.gave_up
 
     def start(self, slot: int) -> None:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [*self.command, "--worker-id", str(slot)],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.workers[process.pid] = (slot, time.monotonic())
+        """Start the worker for ``slot``, unless a stop was requested."""
+        try:
+            ready, ready_end = os.pipe()
+        except OSError as exc:  # out of file descriptors
+            self.failed(slot, f"worker {slot} could not start ({exc})")
+            return
+        # Blocked here, the stop signals stay blocked in the child until its
+        # handler is installed; and none is handled between the check below
+        # and the registration of the new worker.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if stop_requests.reasons or self.gave_up:
+                os.close(ready)
+                return
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [
+                    *self.command,
+                    *("--worker-id", str(slot)),
+                    *("--ready-fd", str(ready_end)),
+                    *("--supervisor-fd", str(self.lifeline)),
+                ],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(ready_end, self.lifeline),
+            )
+        except OSError as exc:
+            os.close(ready)
+            self.failed(slot, f"worker {slot} could not start ({exc})")
+            return
+        finally:
+            os.close(ready_end)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        worker = _Worker(slot, process, ready)
+        self.workers[ready] = worker
+        self.selector.register(ready, selectors.EVENT_READ, worker)
 
-    def forward(self, signum: int, frame: FrameType | None) -> None:
-        self.signals += 1
-        name = signal.Signals(signum).name
-        how = "stopping gracefully" if self.signals == 1 else "stopping now"
-        logger.info("%s: %s all workers", name, how)
-        for pid in self.workers:
+    def act_on_requests(self) -> None:
+        """Forward each new stop request to every worker as a SIGTERM."""
+        while self.handled < len(stop_requests.reasons):
+            reason = stop_requests.reasons[self.handled]
+            self.handled += 1
+            how = "stopping gracefully" if self.handled == 1 else "stopping now"
+            logger.info("%s: %s all workers", reason, how)
+            self.due.clear()
+            self.signal_workers()
+
+    def signal_workers(self) -> None:
+        for worker in self.workers.values():
+            # Not reaped yet, so the pid is still this worker's.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                worker.process.send_signal(signal.SIGTERM)
 
-    def reap(self, pid: int, status: int) -> None:
-        slot, started = self.workers.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if self.signals:
-            # -SIGTERM: the forwarded signal reached a worker still starting up,
-            # before it could handle it; it had served nothing, so all is well.
-            if code not in (0, -signal.SIGTERM):
+    def on_readable(self, worker: _Worker) -> None:
+        try:
+            data = os.read(worker.ready, 64)
+        except OSError:
+            data = b""
+        if data:
+            if worker.listening_since is None:
+                worker.listening_since = time.monotonic()
+                self.failed_starts = 0
+                logger.info("%s is listening", worker.describe())
+            return
+        # End of file: the worker has exited (or is exiting).
+        self.selector.unregister(worker.ready)
+        os.close(worker.ready)
+        del self.workers[worker.ready]
+        self.reap(worker, worker.process.wait())
+
+    def reap(self, worker: _Worker, code: int) -> None:
+        if self.stopping:
+            # Killed from outside (SIGTERM before its handler was installed,
+            # SIGKILL): the stop goes on as if it had stopped. A worker that
+            # failed (an error status, a crash) makes the supervisor's exit
+            # status 1.
+            if code != 0:
+                logger.warning("%s exited with status %d", worker.describe(), code)
+            if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 self.unclean_exits += 1
-                logger.warning(
-                    "worker %d (pid %d) exited with status %d", slot, pid, code
-                )
             return
         how = (
             f"was killed by {signal.Signals(-code).name}"
             if code < 0
-            else (f"exited with status {code}")
+            else f"exited with status {code}"
         )
-        logger.error("worker %d (pid %d) %s; starting a new one", slot, pid, how)
-        if time.monotonic() - started < START_GRACE:
-            self.failed_starts += 1
-        else:
-            self.failed_starts = 0
-        if self.failed_starts >= MAX_FAILED_STARTS:
-            logger.error("workers keep failing at start-up; stopping")
-            self.forward(signal.SIGTERM, None)
+        if worker.listening_since is None:
+            self.failed(worker.slot, f"{worker.describe()} {how} before it listened")
             return
-        self.start(slot)
+        if time.monotonic() - worker.listening_since >= HEALTHY_AFTER:
+            self.deaths[worker.slot] = 0
+        self.replace(worker.slot, f"{worker.describe()} {how}")
+
+    def failed(self, slot: int, what: str) -> None:
+        """A worker failed before it listened: replace it, or give up."""
+        self.failed_starts += 1
+        if self.failed_starts >= MAX_FAILED_STARTS:
+            logger.error(
+                "%s; %d workers in a row failed before they listened: giving up, "
+                "stopping all workers",
+                what,
+                self.failed_starts,
+            )
+            self.gave_up = True
+            self.due.clear()
+            self.signal_workers()
+            return
+        self.replace(slot, what)
+
+    def replace(self, slot: int, what: str) -> None:
+        self.deaths[slot] += 1
+        delay = restart_delay(self.deaths[slot])
+        when = f" in {delay:g}s" if delay else ""
+        logger.error("%s; starting a new one%s", what, when)
+        self.due[slot] = time.monotonic() + delay
+
+    def start_due(self) -> None:
+        now = time.monotonic()
+        for slot, when in sorted(self.due.items(), key=lambda item: item[1]):
+            if when > now or self.stopping or stop_requests.reasons:
+                break
+            del self.due[slot]
+            self.start(slot)
 
     def run(self) -> int:
-        previous = {
-            signum: signal.signal(signum, self.forward)
-            for signum in (signal.SIGINT, signal.SIGTERM)
-        }
+        wakeup = stop_requests.wakeup_fd()
+        self.selector.register(wakeup, selectors.EVENT_READ, None)
         try:
-            for slot in range(1, self.count + 1):
-                self.start(slot)
-            while self.workers:
-                pid, status = os.wait()
-                if pid in self.workers:
-                    self.reap(pid, status)
+            now = time.monotonic()
+            self.due = dict.fromkeys(range(1, self.count + 1), now)
+            while True:
+                self.act_on_requests()
+                self.start_due()
+                self.act_on_requests()  # requests that came in while starting
+                if not self.workers and not self.due:
+                    break
+                timeout = None
+                if self.due:
+                    timeout = max(0.0, min(self.due.values()) - time.monotonic())
+                for key, _ in self.selector.select(timeout):
+                    if key.data is None:
+                        stop_requests.drain()
+                    else:
+                        self.on_readable(key.data)
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            self.selector.close()
+            os.close(self.lifeline)
+            os.close(self.lifeline_end)
         logger.info("all workers stopped")
-        gave_up = self.failed_starts >= MAX_FAILED_STARTS
-        return 1 if gave_up or self.unclean_exits else 0
+        return 1 if self.gave_up or self.unclean_exits else 0
 
 
 def supervise(worker_args: Sequence[str], count: int) -> int:
-    """Run ``count`` copies of ``anyecho serve WORKER_ARGS`` until signalled."""
+    """Run ``count`` copies of ``anyecho serve WORKER_ARGS`` until stopped."""
     command = [sys.executable, "-m", "anyecho", "serve", *worker_args]
     logger.info("starting %d workers (supervisor pid %d)", count, os.getpid())
+    stop_requests.install()
     return _Supervisor(command, count).run()

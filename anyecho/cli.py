@@ -2,36 +2,37 @@
 
 Every user error (bad option, missing backend package, address in use, host that
 does not resolve) ends with one line on stderr and a non-zero exit status; a stop
-by SIGINT or SIGTERM is graceful and exits 0.
+by SIGINT, SIGTERM or SIGHUP is graceful and exits 0, whenever the signal comes:
+while the command starts, while it serves, or while it exits.
+
+This module imports only the standard library when it loads; the rest comes once
+:func:`main` has installed the signal handlers (see ``_signals``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
-import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import anyio
-from anyio.abc import TaskStatus
+from . import __version__
+from ._signals import stop_requests
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-from . import __version__
-from ._backends import BACKEND_NAMES, Backend, BackendUnavailableError, resolve_backend
-from ._config import DEFAULT_PORT, RateLimit, ServerConfig
-from ._echo import RECEIVE_SIZE
-from ._server import EchoServer
-from ._tls import tls_server_context
-from ._udp import parse_port_set
-from ._workers import check_reuse_port, reserve_port, supervise
-from .faults import add_fault_arguments, faults_from_args
+if TYPE_CHECKING:
+    from ._backends import Backend
+    from ._config import ServerConfig
+    from ._server import EchoServer
 
 __all__ = ["build_parser", "main"]
 
@@ -41,6 +42,9 @@ logger = logging.getLogger("anyecho")
 EXIT_USAGE = 2
 #: Exit status for errors while running (address in use, ...).
 EXIT_FAILURE = 1
+#: Exit status of a command other than ``serve`` stopped by a signal as it began
+#: (as a shell reports SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +135,8 @@ def file_mode(text: str) -> int:
 
 def port_set(text: str) -> frozenset[int]:
     """Parse a port list such as ``0-1023,1900``."""
+    from ._udp import parse_port_set
+
     try:
         return parse_port_set(text)
     except ValueError as exc:
@@ -144,6 +150,8 @@ def non_negative_float(text: str) -> float:
 
 def backend_name(text: str) -> str:
     """Accept a backend name; availability is checked once the options are parsed."""
+    from ._backends import BACKEND_NAMES
+
     if text in BACKEND_NAMES or text.startswith("asyncio:"):
         return text
     choices = ", ".join(BACKEND_NAMES)
@@ -171,18 +179,38 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def host_name(text: str) -> str:
+    """A host to listen on: a name or an address, or ``*`` for every interface.
+
+    An empty one (say, an unset ``$HOST``) is an error rather than a synonym for
+    ``*``: listening everywhere must be asked for.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid host {text!r}: expected a host name or address, "
+            "or '*' for every interface"
+        )
+    return text
+
+
 def _add_serve_parser(subparsers: Any) -> None:
+    from ._config import DEFAULT_PORT
+    from ._echo import RECEIVE_SIZE
+    from .faults import add_fault_arguments
+
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
-        help="serve echo until stopped (Ctrl-C or SIGTERM)",
+        help="serve echo until stopped (Ctrl-C, SIGTERM or SIGHUP)",
         description="Serve RFC 862 echo over TCP, TLS, Unix sockets and UDP. Stops "
-        "gracefully on SIGINT or SIGTERM: new connections are refused, open ones "
-        "may finish within --drain-timeout; a second signal stops at once.",
+        "gracefully on SIGINT, SIGTERM or SIGHUP, and exits 0: new connections are "
+        "refused, open ones may finish within --drain-timeout; a second signal "
+        "stops at once.",
     )
     where = parser.add_argument_group("where to listen")
     where.add_argument(
         "--host",
         action="append",
+        type=host_name,
         metavar="HOST",
         help="interface to listen on; repeat for several, '*' for every interface "
         "(IPv4 and IPv6). Default: 127.0.0.1",
@@ -322,9 +350,14 @@ def _add_serve_parser(subparsers: Any) -> None:
         metavar="N",
         help="run N server processes sharing the port (SO_REUSEPORT, Linux) "
         "under one supervisor that forwards signals and replaces a worker that "
-        "dies; 0 for a single process (default)",
+        "dies; 0 for a single process (default); at most 8 per CPU (64 on "
+        "machines with fewer than 8 CPUs)",
     )
+    # Set by the supervisor for its workers: the slot, the pipe to report
+    # listening on, and the pipe whose end means that the supervisor died.
     run.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument(
         "--stats-interval",
         type=positive_float,
@@ -408,49 +441,106 @@ def leaf_exception(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _stop_on_signals(
-    server: EchoServer, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        first = True
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if first:
-                logger.info("%s: stopping gracefully (send again to stop now)", name)
+async def _stop_on_requests(server: EchoServer) -> None:
+    """Stop ``server`` on each stop request: gracefully first, then at once.
+
+    Requests recorded before this task ran (a signal during start-up) count too.
+    """
+    import anyio
+
+    wakeup = stop_requests.wakeup_fd()
+    handled = 0
+    while True:
+        while handled < len(stop_requests.reasons):
+            reason = stop_requests.reasons[handled]
+            handled += 1
+            if handled == 1:
+                logger.info("%s: stopping gracefully (send again to stop now)", reason)
                 server.stop()
-                first = False
             else:
-                logger.info("%s: stopping now", name)
+                logger.info("%s: stopping now", reason)
                 server.stop(0)
+        await anyio.wait_readable(wakeup)
+        stop_requests.drain()
+
+
+async def _report_listening(server: EchoServer, fd: int) -> None:
+    """Tell the supervisor, through its pipe, that this worker listens."""
+    try:
+        await server.wait_listening()
+    except RuntimeError:  # failed to start: serve() raises the cause
+        return
+    with contextlib.suppress(OSError):  # if the supervisor is gone, its pipe stops us
+        os.write(fd, b"L")
 
 
 async def _log_stats(server: EchoServer, interval: float) -> None:
+    import anyio
+
     while True:
         await anyio.sleep(interval)
         logger.info("stats: %s", server.stats.summary())
 
 
-async def run_server(server: EchoServer, stats_interval: float | None = None) -> None:
-    """Run ``server`` until a signal stops it (the body of ``anyecho serve``)."""
+async def run_server(
+    server: EchoServer,
+    stats_interval: float | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Run ``server`` until a stop request (the body of ``anyecho serve``).
+
+    Once the server has stopped, stop signals are ignored through the process's
+    exit: the stop is done, and a late signal must not change the exit status.
+    """
+    import anyio
+
+    stop_requests.install()
     async with anyio.create_task_group() as tg:
-        await tg.start(_stop_on_signals, server)  # handling signals before serving
+        tg.start_soon(_stop_on_requests, server)
+        if ready_fd is not None:
+            tg.start_soon(_report_listening, server, ready_fd)
         if stats_interval:
             tg.start_soon(_log_stats, server, stats_interval)
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            stop_requests.ignore()
         tg.cancel_scope.cancel()
+
+
+def _watch_supervisor(fd: int) -> None:
+    """Request a stop once the supervisor's end of pipe ``fd`` closes.
+
+    The supervisor holds the only write end, so end-of-file means that it has
+    exited, however it died (``kill -9`` included): its workers then stop rather
+    than serve on as orphans.
+    """
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        stop_requests.request("supervisor exited")
+
+    threading.Thread(target=watch, name="anyecho-supervisor", daemon=True).start()
 
 
 def _hosts(values: Sequence[str] | None) -> tuple[str, ...] | None:
     if not values:
         return ("127.0.0.1",)
-    if any(v in {"*", ""} for v in values):
+    if "*" in values:
         return None
     return tuple(values)
 
 
 def _config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server settings the options describe (``ValueError`` if inconsistent)."""
+    from ._config import DEFAULT_PORT, RateLimit, ServerConfig
+    from ._tls import tls_server_context
+    from .faults import faults_from_args
+
     tcp = bool(args.host) or args.port is not None or not args.unix
     if args.udp and not tcp:
         raise ValueError("--udp needs TCP's --host/--port (it shares the TCP port)")
@@ -490,31 +580,52 @@ def _config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
+    from ._backends import BackendUnavailableError, resolve_backend
+
+    if args.supervisor_fd is not None:
+        _watch_supervisor(args.supervisor_fd)
     try:
         backend = resolve_backend(args.backend)
         config = _config_from_args(args)
         if args.workers:
-            _check_workers(config)
+            _check_workers(config, args.workers)
     except (BackendUnavailableError, ValueError) as exc:
         return fail(str(exc), EXIT_USAGE)
     configure_logging(args.log_level, args.log_format)
+    if stop_requests.reasons:
+        logger.info("%s: stopped before serving", stop_requests.reasons[0])
+        return 0
     if args.workers:
         return _supervise(args, config)
+    from ._server import EchoServer
+    from .faults import faults_from_args
+
     faults = faults_from_args(args)
     if faults:
         logger.info("injecting faults: %s", faults.describe())
     server = EchoServer(config)
-    return run_until_stopped(backend, run_server, server, args.stats_interval)
+    return run_until_stopped(
+        backend, run_server, server, args.stats_interval, args.ready_fd
+    )
 
 
-def _check_workers(config: ServerConfig) -> None:
+def _check_workers(config: ServerConfig, count: int) -> None:
+    from ._workers import check_reuse_port, max_workers
+
     check_reuse_port()
+    if count > max_workers():
+        raise ValueError(
+            f"--workers {count}: at most {max_workers()} on this machine "
+            f"(8 per CPU, at least 64)"
+        )
     if config.unix:
         raise ValueError("--workers cannot share a Unix socket: drop --unix")
 
 
 def _supervise(args: argparse.Namespace, config: ServerConfig) -> int:
     """Start ``args.workers`` copies of this command on one shared port."""
+    from ._workers import reserve_port, supervise
+
     try:
         port, held = reserve_port(config.hosts, config.port or 0)
     except OSError as exc:
@@ -545,9 +656,11 @@ def _worker_argv(argv: Sequence[str], port: int) -> list[str]:
 
 def run_until_stopped(backend: Backend, func: Callable[..., Any], *args: Any) -> int:
     """Run ``func(*args)`` on ``backend``; turn failures into one-line errors."""
+    from ._backends import BackendUnavailableError
+
     try:
         backend.run(func, *args)
-    except KeyboardInterrupt:  # a SIGINT before the signal handler was installed
+    except KeyboardInterrupt:  # raised by a SIGINT handler other than ours
         return 0
     except BaseException as exc:
         leaf = leaf_exception(exc)
@@ -560,13 +673,34 @@ def run_until_stopped(backend: Backend, func: Callable[..., Any], *args: Any) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``anyecho`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = None if argv is None else list(argv)[1:]
-    command = getattr(args, "command", None)
-    if command is None:
-        parser.print_usage(sys.stderr)
-        return fail("choose a command (anyecho serve --help)", EXIT_USAGE)
-    status: int = command(args)
-    return status
+    """Entry point of the ``anyecho`` command; returns the exit status.
+
+    With ``argv`` left out it is the program itself: the stop signals are
+    handled from its first line, and ignored once it returns, through the
+    interpreter's exit. Given ``argv`` (a call from Python), it puts the
+    previous signal handlers back before it returns.
+    """
+    program = argv is None
+    installed_here = not stop_requests.installed
+    stop_requests.install()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = None if argv is None else list(argv)[1:]
+        command = getattr(args, "command", None)
+        if command is None:
+            parser.print_usage(sys.stderr)
+            return fail("choose a command (anyecho serve --help)", EXIT_USAGE)
+        if command is not _serve_command:
+            # Other commands (bench) take Ctrl-C as KeyboardInterrupt, as usual.
+            interrupted = bool(stop_requests.reasons)
+            stop_requests.restore()
+            if interrupted:
+                return fail("interrupted", EXIT_INTERRUPTED)
+        status: int = command(args)
+        return status
+    finally:
+        if program:
+            stop_requests.ignore()
+        elif installed_here:
+            stop_requests.restore()

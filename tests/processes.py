@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import pytest
 
@@ -16,23 +17,34 @@ from .utils import TIMEOUT
 
 
 class ServerProcess:
-    """``python -m anyecho ...`` with its stderr read line by line in a thread."""
+    """``python -m anyecho ...`` with its stderr read line by line in a thread.
+
+    ``python_options`` go before ``-m`` (``-X importtime``, say); ``blocked``
+    signals start blocked in the child, so that one sent at once is delivered at
+    the first moment the program unblocks it.
+    """
 
     def __init__(
         self,
         *args: str,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        python_options: Sequence[str] = (),
+        blocked: Collection[int] = (),
     ) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "anyecho", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            preexec_fn=preexec_fn,  # noqa: PLW1509 - only setrlimit, in tests
-        )
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, *python_options, "-m", "anyecho", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                preexec_fn=preexec_fn,  # noqa: PLW1509 - only setrlimit, in tests
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -60,7 +72,11 @@ class ServerProcess:
         return int(self.wait_for(r"serving echo on tcp://127\.0\.0\.1:(\d+)").group(1))
 
     def finish(self) -> tuple[int, str]:
-        """Wait for exit; the status and the whole of stderr."""
+        """Wait for exit; the status and the whole of stderr.
+
+        The whole: until every process that shares the stderr pipe (workers
+        included) has exited.
+        """
         status = self.proc.wait(timeout=TIMEOUT)
         while (line := self.lines.get(timeout=TIMEOUT)) is not None:
             self.stderr.append(line)

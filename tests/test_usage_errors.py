@@ -1,0 +1,39 @@
+"""Options that ``anyecho serve`` refuses with one line and status 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from anyecho._workers import max_workers
+
+from .processes import one_line_error
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_empty_host_is_an_error(host: str) -> None:
+    # An unset $HOST must not turn into "every interface".
+    status, line = one_line_error("serve", "--host", host, "--port", "0")
+    assert status == 2
+    assert f"invalid host {host!r}" in line
+    assert "'*' for every interface" in line
+
+
+def test_empty_host_among_others_is_an_error() -> None:
+    status, line = one_line_error(
+        "serve", "--host", "127.0.0.1", "--host", "", "--port", "0"
+    )
+    assert status == 2
+    assert "invalid host ''" in line
+
+
+def test_worker_count_is_bounded() -> None:
+    assert max_workers() == max(64, 8 * (os.cpu_count() or 1))
+    status, line = one_line_error("serve", "--port", "0", "--workers", "100000")
+    assert status == 2
+    if sys.platform.startswith("linux"):
+        assert f"--workers 100000: at most {max_workers()}" in line
+    else:
+        assert "SO_REUSEPORT" in line
