@@ -7,8 +7,6 @@ locally but fails under ``CI=true``: CI must never pass by running less.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,6 +16,11 @@ import pytest
 from anyecho import EchoServer, ListenAddress
 
 from .processes import ServerProcess
+from .utils import require_module
+
+# Still importable from here while test_entrypoints.py imports it so; it lives in
+# utils, where the test modules import their helpers from.
+__all__ = ["require_module"]
 
 BACKEND_NAMES = ("asyncio", "uvloop", "trio")
 
@@ -51,14 +54,6 @@ def pytest_collection_modifyitems(
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
-
-
-def require_module(module: str, backend: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        message = f"backend {backend!r} needs {module!r}, which is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module", params=BACKEND_NAMES)

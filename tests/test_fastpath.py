@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,14 @@ from anyecho._fastpath import AsyncioStream, adopt
 from anyecho._server import _Progress
 from anyecho._triostream import TrioStream
 
-from .utils import TIMEOUT, exchange, random_bytes, receive_all
+from .utils import (
+    TIMEOUT,
+    exchange,
+    random_bytes,
+    receive_all,
+    receive_exactly,
+    reset_on_close,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -137,13 +143,6 @@ async def read_at_last(sock: socket.socket) -> bytes:
     async with await SocketStream.from_socket(sock.dup()) as client:
         sock.close()
         return await receive_all(client)
-
-
-async def receive_exactly(stream: ByteStream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        received += await stream.receive(size - len(received))
-    return bytes(received)
 
 
 # -- which listener -----------------------------------------------------------------
@@ -315,7 +314,7 @@ async def test_reset_is_a_broken_resource(listener: SocketListener) -> None:
     with anyio.fail_after(TIMEOUT):
         server = await listener.accept()
     async with server:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(sock)
         sock.close()  # RST
         with anyio.fail_after(TIMEOUT), pytest.raises(BrokenResourceError):
             await server.receive()

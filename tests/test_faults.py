@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anyecho
-from anyecho._wrap import StreamWrapper
 from anyecho.faults import (
     Faults,
     add_fault_arguments,
@@ -33,12 +32,18 @@ from anyecho.faults import (
 )
 from anyecho.testing import serving
 
-from .utils import CLOCK_RESOLUTION
+from .utils import (
+    CLOCK_RESOLUTION,
+    TIMEOUT,
+    SendRecorder,
+    receive_all,
+    receive_exactly,
+    recording,
+    round_trip,
+)
 
 pytestmark = pytest.mark.anyio
 
-#: Bound on every test that talks to a server.
-TIMEOUT = 10
 PAYLOAD = bytes(range(256)) * 12  # 3072 bytes, each offset recognisable
 
 
@@ -78,49 +83,12 @@ class MemoryStream(ByteStream):
         return {}
 
 
-class SendRecorder(StreamWrapper):
-    """Wraps the server's stream and records the size of every send (server side)."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        super().__init__(stream)
-        self.sizes: list[int] = []
-
-    async def send(self, item: bytes) -> None:
-        self.sizes.append(len(item))
-        await self.stream.send(item)
-
-
-def recording(into: list[SendRecorder]) -> Callable[[ByteStream], ByteStream]:
-    def wrap(stream: ByteStream) -> ByteStream:
-        recorder = SendRecorder(stream)
-        into.append(recorder)
-        return recorder
-
-    return wrap
-
-
-async def receive_exactly(stream: ByteStream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        received += await stream.receive()
-    return bytes(received)
-
-
 async def send_and_receive_forever(
     stream: ByteStream, payload: bytes, into: bytearray
 ) -> NoReturn:
     await stream.send(payload)
     while True:
         into += await stream.receive()
-
-
-async def receive_until_eof(stream: ByteStream) -> bytes:
-    received = bytearray()
-    try:
-        while True:
-            received += await stream.receive()
-    except anyio.EndOfStream:
-        return bytes(received)
 
 
 # --- loopback: what a client sees -------------------------------------------------
@@ -136,8 +104,7 @@ async def test_delay_holds_every_chunk(seconds: float | tuple[float, float]) -> 
         ):
             for message in (b"one", b"two", b"three"):
                 start = time.perf_counter()
-                await client.send(message)
-                assert await receive_exactly(client, len(message)) == message
+                await round_trip(client, message)
                 assert time.perf_counter() - start >= least - CLOCK_RESOLUTION
 
 
@@ -209,7 +176,7 @@ async def test_close_after_ends_the_stream_after_exactly_n_bytes(limit: int) -> 
             await server.connect() as client,
         ):
             await client.send(PAYLOAD)
-            assert await receive_until_eof(client) == PAYLOAD[:limit]
+            assert await receive_all(client) == PAYLOAD[:limit]
     stats = server.stats
     assert stats.bytes_sent == limit
     # A clean close: the rest was read and discarded, nobody was reset.
@@ -280,8 +247,7 @@ async def test_fraction_spares_connections() -> None:
         async with serving(faults=faults) as server:
             assert server.config.wrap_stream is None
             async with await server.connect() as client:
-                await client.send(b"ping")
-                assert await receive_exactly(client, 4) == b"ping"
+                await round_trip(client)
 
 
 # --- the same faults over TLS and Unix sockets, not over UDP ------------------------
@@ -314,7 +280,7 @@ async def test_close_after_over(
             await server.connect(transport) as client,
         ):
             await client.send(PAYLOAD)
-            assert await receive_until_eof(client) == PAYLOAD[:1000]
+            assert await receive_all(client) == PAYLOAD[:1000]
     assert server.stats.bytes_sent == 1000
 
 

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import ssl
-import struct
 import sys
 import tempfile
 import textwrap
@@ -24,14 +23,19 @@ import anyecho
 from anyecho import ListenAddress, ServerConfig
 from anyecho.testing import RunningServer, serving
 
-from .utils import TIMEOUT, random_bytes, receive_all
+from .utils import (
+    TIMEOUT,
+    random_bytes,
+    receive_all,
+    receive_exactly,
+    reset_on_close,
+    round_trip,
+)
 
 pytestmark = pytest.mark.anyio
 
 #: How many connections the reset floods open (sequentially, from a thread).
 FLOOD = 2000
-
-LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @pytest.fixture
@@ -55,19 +59,16 @@ def reset_flood(address: ListenAddress, count: int = FLOOD) -> None:
             sock.send(b"x")
         else:
             sock = socket.create_connection((str(address.host), address.port))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            reset_on_close(sock)
         sock.close()
 
 
 async def one_exact_echo(server: RunningServer, address: ListenAddress) -> None:
     payload = random_bytes(256 * 1024)
     async with await server.connect(address) as stream:
-        received = bytearray()
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream.send, payload)
-            while len(received) < len(payload):
-                received += await stream.receive()
-        assert received == payload
+            assert await receive_exactly(stream, len(payload)) == payload
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls", "unix"])
@@ -129,11 +130,7 @@ async def test_newcomers_are_accepted_while_others_stream() -> None:
         async def newcomer(index: int) -> None:
             data = b"newcomer %d" % index
             async with await server.connect() as stream:
-                await stream.send(data)
-                received = b""
-                while len(received) < len(data):
-                    received += await stream.receive()
-                assert received == data
+                await round_trip(stream, data)
 
         with anyio.fail_after(TIMEOUT):
             async with anyio.create_task_group() as load:
@@ -291,10 +288,7 @@ async def test_one_source_cannot_take_every_slot() -> None:
                     refused.recv(1)
             # When a hog leaves, the first waiter is served, with what it sent.
             await hogs[0].aclose()
-            received = b""
-            while len(received) < 4:
-                received += await waiter.receive()
-            assert received == b"wait"
+            assert await receive_exactly(waiter, 4) == b"wait"
             for stream in [hogs[1], waiter, second_waiter, other]:
                 await stream.aclose()
 

@@ -8,7 +8,6 @@ import itertools
 import logging
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio import BrokenResourceError, EndOfStream
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketAttribute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,23 +28,17 @@ from anyecho import (
     StreamWrapper,
 )
 
-from .utils import TIMEOUT, connect, exchange, random_bytes, receive_all
+from .utils import (
+    TIMEOUT,
+    connect,
+    exchange,
+    needs_ipv6,
+    random_bytes,
+    receive_all,
+    reset_on_close,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 
 
 @pytest.mark.parametrize(
@@ -113,12 +106,6 @@ async def test_server_closes_after_immediate_eof(address: ListenAddress) -> None
             assert await receive_all(stream) == b""
 
 
-def reset(stream: SocketStream) -> None:
-    """Close ``stream``'s socket with an RST instead of a FIN."""
-    raw = stream.extra(SocketAttribute.raw_socket)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
 async def test_client_reset_does_not_disturb_others(
     server: EchoServer, address: ListenAddress
 ) -> None:
@@ -130,12 +117,12 @@ async def test_client_reset_does_not_disturb_others(
             # A client that resets while the server is busy sending to it.
             victim = await anyio.connect_tcp(address.host or "", address.port)
             await victim.send(random_bytes(4 * 1024 * 1024))
-            reset(victim)
+            reset_on_close(victim.extra(SocketAttribute.raw_socket))
             await victim.aclose()
 
             # A client that resets right after connecting.
             quick = await anyio.connect_tcp(address.host or "", address.port)
-            reset(quick)
+            reset_on_close(quick.extra(SocketAttribute.raw_socket))
             await quick.aclose()
 
             await steady.send(b"after")
