@@ -254,13 +254,13 @@ async def test_fraction_spares_connections() -> None:
 
 
 @pytest.fixture(params=["tls", "unix"])
-def transport(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def transport_options(
-    request: pytest.FixtureRequest, transport: str, tmp_path: Path
+    request: pytest.FixtureRequest, transport: str, sock_path: Path
 ) -> dict[str, Any]:
     """``serving()`` options for a server that listens on ``transport`` too."""
     if transport == "tls":
@@ -268,7 +268,7 @@ def transport_options(
             "ssl_context": request.getfixturevalue("anyecho_server_ssl_context"),
             "client_ssl_context": request.getfixturevalue("anyecho_client_ssl_context"),
         }
-    return {"unix": (str(tmp_path / "echo.sock"),)}
+    return {"unix": (str(sock_path),)}
 
 
 async def test_close_after_over(

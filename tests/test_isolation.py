@@ -7,10 +7,8 @@ import os
 import socket
 import ssl
 import sys
-import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +34,6 @@ pytestmark = pytest.mark.anyio
 
 #: How many connections the reset floods open (sequentially, from a thread).
 FLOOD = 2000
-
-
-@pytest.fixture
-def unix_path() -> Iterator[str]:
-    # Unix socket paths are limited to ~100 bytes; pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="anyecho-") as directory:
-        yield str(Path(directory) / "echo.sock")
 
 
 def reset_flood(address: ListenAddress, count: int = FLOOD) -> None:
@@ -74,14 +65,14 @@ async def one_exact_echo(server: RunningServer, address: ListenAddress) -> None:
 @pytest.mark.parametrize("transport", ["tcp", "tls", "unix"])
 async def test_a_reset_flood_leaves_the_server_serving(
     transport: str,
-    unix_path: str,
+    sock_path: Path,
     anyecho_server_ssl_context: ssl.SSLContext,
     anyecho_client_ssl_context: ssl.SSLContext,
 ) -> None:
     options: dict[str, Any] = {
         # The defaults an operator runs with, per-source limit included.
         "max_connections_per_source": "auto",
-        "unix": [unix_path] if transport == "unix" else [],
+        "unix": [str(sock_path)] if transport == "unix" else [],
     }
     if transport == "tls":
         options["ssl_context"] = anyecho_server_ssl_context
@@ -198,13 +189,13 @@ def slow_reader(
     ],
 )
 async def test_a_slow_reader_is_not_idle(
-    transport: str, size: int, rate: int, piece: int, unix_path: str
+    transport: str, size: int, rate: int, piece: int, sock_path: Path
 ) -> None:
     # About four seconds of echo through sends that block far longer than the
     # timeout, while bytes move all along: the reader gets every one.
     payload = random_bytes(size)
     async with serving(
-        idle_timeout=0.3, unix=[unix_path] if transport == "unix" else []
+        idle_timeout=0.3, unix=[str(sock_path)] if transport == "unix" else []
     ) as server:
         address = server.address_for(transport)  # type: ignore[arg-type]
         with anyio.fail_after(TIMEOUT):
@@ -218,10 +209,10 @@ async def test_a_slow_reader_is_not_idle(
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 async def test_a_reader_that_stops_is_still_closed(
-    transport: str, unix_path: str
+    transport: str, sock_path: Path
 ) -> None:
     async with serving(
-        idle_timeout=0.3, unix=[unix_path] if transport == "unix" else []
+        idle_timeout=0.3, unix=[str(sock_path)] if transport == "unix" else []
     ) as server:
         address = server.address_for(transport)  # type: ignore[arg-type]
         family = socket.AF_UNIX if address.path is not None else socket.AF_INET

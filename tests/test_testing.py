@@ -272,9 +272,9 @@ async def test_factory_serves_tls(echo_server_factory: EchoServerFactory) -> Non
 
 @pytest.mark.skipif(not config_has("unix"), reason="no Unix sockets yet")
 async def test_factory_serves_unix(
-    echo_server_factory: EchoServerFactory, tmp_path: Path
+    echo_server_factory: EchoServerFactory, sock_path: Path
 ) -> None:
-    path = str(tmp_path / "echo.sock")
+    path = str(sock_path)
     with anyio.fail_after(TIMEOUT):
         async with echo_server_factory(unix=(path,)) as server:
             assert server.address_for("unix").path == path
