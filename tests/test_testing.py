@@ -22,10 +22,6 @@ from .utils import TIMEOUT, SendRecorder, receive_exactly, recording, round_trip
 pytestmark = pytest.mark.anyio
 
 
-def config_has(field: str) -> bool:
-    return field in ServerConfig.__dataclass_fields__
-
-
 async def echo_and_close(stream: ByteStream) -> None:
     async with stream:
         await anyecho.echo(stream)
@@ -261,7 +257,6 @@ async def test_tls_contexts_talk_to_each_other(
             tg.cancel_scope.cancel()
 
 
-@pytest.mark.skipif(not config_has("ssl_context"), reason="no TLS in ServerConfig")
 async def test_factory_serves_tls(echo_server_factory: EchoServerFactory) -> None:
     with anyio.fail_after(TIMEOUT):
         async with echo_server_factory(tls=True) as server:
@@ -270,7 +265,6 @@ async def test_factory_serves_tls(echo_server_factory: EchoServerFactory) -> Non
                 await round_trip(client, b"over tls")
 
 
-@pytest.mark.skipif(not config_has("unix"), reason="no Unix sockets yet")
 async def test_factory_serves_unix(
     echo_server_factory: EchoServerFactory, sock_path: Path
 ) -> None:
@@ -282,7 +276,6 @@ async def test_factory_serves_unix(
                 await round_trip(client, b"over unix")
 
 
-@pytest.mark.skipif(not config_has("udp"), reason="no UDP yet")
 async def test_factory_serves_udp(echo_server_factory: EchoServerFactory) -> None:
     with anyio.fail_after(TIMEOUT):
         async with echo_server_factory(udp=True) as server:
