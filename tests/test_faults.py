@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -35,6 +35,7 @@ from anyecho.testing import serving
 from .utils import (
     CLOCK_RESOLUTION,
     TIMEOUT,
+    MemoryStream,
     SendRecorder,
     receive_all,
     receive_exactly,
@@ -45,42 +46,6 @@ from .utils import (
 pytestmark = pytest.mark.anyio
 
 PAYLOAD = bytes(range(256)) * 12  # 3072 bytes, each offset recognisable
-
-
-class MemoryStream(ByteStream):
-    """Receives a script of chunks (then EOF) and records what is sent."""
-
-    def __init__(self, chunks: Iterable[bytes] = ()) -> None:
-        self.incoming = list(chunks)
-        self.sent: list[bytes] = []
-        self.eof = False
-        self.closed = False
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        await anyio.lowlevel.checkpoint()
-        if not self.incoming:
-            raise anyio.EndOfStream
-        chunk = self.incoming.pop(0)
-        if len(chunk) > max_bytes:
-            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
-            self.incoming.insert(0, rest)
-        return chunk
-
-    async def send(self, item: bytes) -> None:
-        await anyio.lowlevel.checkpoint()
-        if self.eof or self.closed:
-            raise anyio.ClosedResourceError
-        self.sent.append(bytes(item))
-
-    async def send_eof(self) -> None:
-        self.eof = True
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return {}
 
 
 async def send_and_receive_forever(
@@ -391,7 +356,7 @@ async def test_close_after_in_memory() -> None:
         await anyecho.echo(close_after(memory, 5))
     assert memory.sent == [b"abc", b"de"]
     assert memory.eof
-    assert memory.incoming == []  # discarded up to the peer's EOF
+    assert memory.unread == []  # discarded up to the peer's EOF
 
 
 async def test_reset_after_without_a_socket_closes() -> None:
@@ -409,7 +374,7 @@ async def test_stall_after_reads_no_further() -> None:
         await anyecho.echo(stall_after(memory, 5))
     assert window.cancelled_caught
     assert memory.sent == [b"abc", b"de"]
-    assert memory.incoming == [b"fg", b"hij"]
+    assert memory.unread == [b"fg", b"hij"]
     assert not memory.eof
 
 

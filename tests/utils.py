@@ -10,11 +10,15 @@ import importlib.util
 import os
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
-from anyio import BrokenResourceError
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteReceiveStream, ByteStream
 
 from anyecho import ListenAddress, StreamWrapper
@@ -153,6 +157,117 @@ def recording(into: list[SendRecorder]) -> Callable[[ByteStream], ByteStream]:
         return recorder
 
     return wrap
+
+
+# --- in memory ---------------------------------------------------------------------
+
+
+class MemoryStream(ByteStream):
+    """An in-memory byte stream that records what the code under test does with it.
+
+    On its own, it receives ``chunks`` and then the end of the stream, and keeps
+    whatever is sent to it. Made by :func:`memory_stream_pair`, it receives what
+    its peer sends, and a send waits until the peer has taken the data: there is
+    no buffer, so backpressure shows. Either way, a receive honours ``max_bytes``,
+    and the stream records:
+
+    * ``sent``: every send, as made;
+    * ``asked``: the ``max_bytes`` of every receive;
+    * ``eof`` and ``closed``: whether it was half-closed, and whether closed;
+    * ``unread``: what came in and was never received.
+    """
+
+    def __init__(self, chunks: Iterable[bytes] = ()) -> None:
+        self.sent: list[bytes] = []
+        self.asked: list[int] = []
+        self.eof = False
+        self.closed = False
+        self._incoming: deque[bytes] = deque(chunks)
+        self._pending = b""  # the rest of a chunk received in part
+        self._taken = 0  # chunks received from _incoming so far
+        self._ended = True  # nothing comes after _incoming
+        self._peer: MemoryStream | None = None
+        self._changed: anyio.Event | None = None
+
+    @property
+    def unread(self) -> list[bytes]:
+        return ([self._pending] if self._pending else []) + list(self._incoming)
+
+    async def _wait(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _end(self) -> None:
+        if self._peer is not None:
+            self._peer._ended = True
+            self._peer._notify()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        self.asked.append(max_bytes)
+        await anyio.lowlevel.checkpoint()
+        while not self._pending:
+            if self.closed:
+                raise ClosedResourceError
+            if self._incoming:
+                self._pending = self._incoming.popleft()
+                self._taken += 1
+                self._notify()
+            elif self._ended:
+                raise EndOfStream
+            else:
+                await self._wait()
+        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.eof or self.closed:
+            raise ClosedResourceError
+        self.sent.append(bytes(item))
+        peer = self._peer
+        if peer is None:
+            return
+        peer._incoming.append(bytes(item))
+        taken = peer._taken + len(peer._incoming)  # once the peer has taken it
+        peer._notify()
+        try:
+            while peer._taken < taken:
+                if peer.closed:
+                    raise BrokenResourceError
+                await peer._wait()
+        except BaseException:
+            if peer._taken < taken:  # cancelled (or refused): take it back
+                peer._incoming.pop()
+            raise
+
+    async def send_eof(self) -> None:
+        self.eof = True
+        self._end()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._notify()
+        self._end()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {}
+
+
+@asynccontextmanager
+async def memory_stream_pair() -> AsyncIterator[tuple[MemoryStream, MemoryStream]]:
+    """Two connected :class:`MemoryStream` ends (client, server), closed on exit."""
+    client, server = MemoryStream(), MemoryStream()
+    client._peer, server._peer = server, client
+    client._ended = server._ended = False
+    async with client, server:
+        yield client, server
 
 
 # --- the environment ----------------------------------------------------------------
