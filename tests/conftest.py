@@ -7,17 +7,19 @@ locally but fails under ``CI=true``: CI must never pass by running less.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from collections.abc import AsyncIterator, Iterator
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-from anyecho import EchoServer, ListenAddress
-
 from .processes import ServerProcess
+from .utils import require_module
+
+# Still importable from here while test_entrypoints.py imports it so; it lives in
+# utils, where the test modules import their helpers from.
+__all__ = ["require_module"]
 
 BACKEND_NAMES = ("asyncio", "uvloop", "trio")
 
@@ -53,14 +55,6 @@ def pytest_collection_modifyitems(
         items[:] = selected
 
 
-def require_module(module: str, backend: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        message = f"backend {backend!r} needs {module!r}, which is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module", params=BACKEND_NAMES)
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The ``anyecho serve --backend`` name under test."""
@@ -80,19 +74,13 @@ def anyio_backend(backend_name: str) -> tuple[str, dict[str, Any]]:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[EchoServer]:
-    """An anyecho server on 127.0.0.1, a free port, on the test's backend."""
-    server = EchoServer(host="127.0.0.1", port=0)
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        yield server
-        server.stop(0)
+def sock_path() -> Iterator[Path]:
+    """A path for a Unix socket, in a fresh directory removed afterwards.
 
-
-@pytest.fixture
-def address(server: EchoServer) -> ListenAddress:
-    """The first address the ``server`` fixture listens on."""
-    return server.addresses[0]
+    Unix socket paths are limited to ~100 bytes; pytest's ``tmp_path`` can be longer.
+    """
+    with tempfile.TemporaryDirectory(prefix="anyecho-") as directory:
+        yield Path(directory) / "echo.sock"
 
 
 @pytest.fixture

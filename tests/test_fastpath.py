@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import os
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,13 +29,21 @@ from anyio import (
 )
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
 
-from anyecho import EchoServer, echo
 from anyecho import _fastpath as fastpath
+from anyecho import echo
 from anyecho._connection import _Progress
 from anyecho._fastpath import AsyncioStream, adopt
 from anyecho._triostream import TrioStream
+from anyecho.testing import serving
 
-from .utils import TIMEOUT, exchange, random_bytes, receive_all
+from .utils import (
+    TIMEOUT,
+    exchange,
+    random_bytes,
+    receive_all,
+    receive_exactly,
+    reset_on_close,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -137,13 +143,6 @@ async def read_at_last(sock: socket.socket) -> bytes:
     async with await SocketStream.from_socket(sock.dup()) as client:
         sock.close()
         return await receive_all(client)
-
-
-async def receive_exactly(stream: ByteStream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        received += await stream.receive(size - len(received))
-    return bytes(received)
 
 
 # -- which listener -----------------------------------------------------------------
@@ -315,7 +314,7 @@ async def test_reset_is_a_broken_resource(listener: SocketListener) -> None:
     with anyio.fail_after(TIMEOUT):
         server = await listener.accept()
     async with server:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(sock)
         sock.close()  # RST
         with anyio.fail_after(TIMEOUT), pytest.raises(BrokenResourceError):
             await server.receive()
@@ -510,14 +509,13 @@ async def test_server_backpressure_end_to_end(anyio_backend_name: str) -> None:
 
     if not fastpath.ENABLED and anyio_backend_name != "trio":
         pytest.skip("AnyIO's asyncio stream reads ahead without a bound")
-    server = EchoServer(host="127.0.0.1", port=0, wrap_stream=capture)
     payload = random_bytes(64 * 1024 * 1024)
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            [address] = await tg.start(server.serve)
+        # drain_timeout=0: the connection is closed as soon as the block ends.
+        async with serving(wrap_stream=capture, drain_timeout=0) as server:
             with socket.socket() as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                sock.connect(("127.0.0.1", address.port))
+                sock.connect((server.host, server.port))
                 sock.setblocking(False)
                 written = await write_for(sock, payload, 1.0)
                 assert written < len(payload), "the server must stop taking data"
@@ -534,7 +532,6 @@ async def test_server_backpressure_end_to_end(anyio_backend_name: str) -> None:
                 held = stats.bytes_received - stats.bytes_sent
                 assert stats.bytes_received > 0
                 assert held <= server.config.receive_size
-            server.stop(0)
 
 
 async def write_for(sock: socket.socket, payload: bytes, seconds: float) -> int:
@@ -574,18 +571,10 @@ async def test_socket_attributes(listener: SocketListener) -> None:
 # -- Unix sockets ---------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def unix_listeners() -> AsyncIterator[tuple[SocketListener, str]]:
-    with tempfile.TemporaryDirectory() as directory:
-        path = str(Path(directory) / "echo.sock")
-        inner = await anyio.create_unix_listener(path)
-        async with inner:
-            yield inner, path
-
-
-async def test_unix_stream(anyio_backend_name: str) -> None:
+async def test_unix_stream(sock_path: Path) -> None:
     payload = random_bytes(3 * 1024 * 1024 + 5)
-    async with unix_listeners() as (inner, path):
+    path = str(sock_path)
+    async with await anyio.create_unix_listener(path) as inner:
         listener = Adopting(inner)
         with anyio.fail_after(TIMEOUT):
             async with await anyio.connect_unix(path) as client:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anyecho
-from anyecho._wrap import StreamWrapper
 from anyecho.faults import (
     Faults,
     add_fault_arguments,
@@ -33,77 +32,20 @@ from anyecho.faults import (
 )
 from anyecho.testing import serving
 
-from .utils import CLOCK_RESOLUTION
+from .utils import (
+    CLOCK_RESOLUTION,
+    TIMEOUT,
+    MemoryStream,
+    SendRecorder,
+    receive_all,
+    receive_exactly,
+    recording,
+    round_trip,
+)
 
 pytestmark = pytest.mark.anyio
 
-#: Bound on every test that talks to a server.
-TIMEOUT = 10
 PAYLOAD = bytes(range(256)) * 12  # 3072 bytes, each offset recognisable
-
-
-class MemoryStream(ByteStream):
-    """Receives a script of chunks (then EOF) and records what is sent."""
-
-    def __init__(self, chunks: Iterable[bytes] = ()) -> None:
-        self.incoming = list(chunks)
-        self.sent: list[bytes] = []
-        self.eof = False
-        self.closed = False
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        await anyio.lowlevel.checkpoint()
-        if not self.incoming:
-            raise anyio.EndOfStream
-        chunk = self.incoming.pop(0)
-        if len(chunk) > max_bytes:
-            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
-            self.incoming.insert(0, rest)
-        return chunk
-
-    async def send(self, item: bytes) -> None:
-        await anyio.lowlevel.checkpoint()
-        if self.eof or self.closed:
-            raise anyio.ClosedResourceError
-        self.sent.append(bytes(item))
-
-    async def send_eof(self) -> None:
-        self.eof = True
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return {}
-
-
-class SendRecorder(StreamWrapper):
-    """Wraps the server's stream and records the size of every send (server side)."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        super().__init__(stream)
-        self.sizes: list[int] = []
-
-    async def send(self, item: bytes) -> None:
-        self.sizes.append(len(item))
-        await self.stream.send(item)
-
-
-def recording(into: list[SendRecorder]) -> Callable[[ByteStream], ByteStream]:
-    def wrap(stream: ByteStream) -> ByteStream:
-        recorder = SendRecorder(stream)
-        into.append(recorder)
-        return recorder
-
-    return wrap
-
-
-async def receive_exactly(stream: ByteStream, size: int) -> bytes:
-    received = bytearray()
-    while len(received) < size:
-        received += await stream.receive()
-    return bytes(received)
 
 
 async def send_and_receive_forever(
@@ -112,15 +54,6 @@ async def send_and_receive_forever(
     await stream.send(payload)
     while True:
         into += await stream.receive()
-
-
-async def receive_until_eof(stream: ByteStream) -> bytes:
-    received = bytearray()
-    try:
-        while True:
-            received += await stream.receive()
-    except anyio.EndOfStream:
-        return bytes(received)
 
 
 # --- loopback: what a client sees -------------------------------------------------
@@ -136,8 +69,7 @@ async def test_delay_holds_every_chunk(seconds: float | tuple[float, float]) -> 
         ):
             for message in (b"one", b"two", b"three"):
                 start = time.perf_counter()
-                await client.send(message)
-                assert await receive_exactly(client, len(message)) == message
+                await round_trip(client, message)
                 assert time.perf_counter() - start >= least - CLOCK_RESOLUTION
 
 
@@ -209,7 +141,7 @@ async def test_close_after_ends_the_stream_after_exactly_n_bytes(limit: int) -> 
             await server.connect() as client,
         ):
             await client.send(PAYLOAD)
-            assert await receive_until_eof(client) == PAYLOAD[:limit]
+            assert await receive_all(client) == PAYLOAD[:limit]
     stats = server.stats
     assert stats.bytes_sent == limit
     # A clean close: the rest was read and discarded, nobody was reset.
@@ -280,21 +212,20 @@ async def test_fraction_spares_connections() -> None:
         async with serving(faults=faults) as server:
             assert server.config.wrap_stream is None
             async with await server.connect() as client:
-                await client.send(b"ping")
-                assert await receive_exactly(client, 4) == b"ping"
+                await round_trip(client)
 
 
 # --- the same faults over TLS and Unix sockets, not over UDP ------------------------
 
 
 @pytest.fixture(params=["tls", "unix"])
-def transport(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def transport_options(
-    request: pytest.FixtureRequest, transport: str, tmp_path: Path
+    request: pytest.FixtureRequest, transport: str, sock_path: Path
 ) -> dict[str, Any]:
     """``serving()`` options for a server that listens on ``transport`` too."""
     if transport == "tls":
@@ -302,7 +233,7 @@ def transport_options(
             "ssl_context": request.getfixturevalue("anyecho_server_ssl_context"),
             "client_ssl_context": request.getfixturevalue("anyecho_client_ssl_context"),
         }
-    return {"unix": (str(tmp_path / "echo.sock"),)}
+    return {"unix": (str(sock_path),)}
 
 
 async def test_close_after_over(
@@ -314,7 +245,7 @@ async def test_close_after_over(
             await server.connect(transport) as client,
         ):
             await client.send(PAYLOAD)
-            assert await receive_until_eof(client) == PAYLOAD[:1000]
+            assert await receive_all(client) == PAYLOAD[:1000]
     assert server.stats.bytes_sent == 1000
 
 
@@ -425,7 +356,7 @@ async def test_close_after_in_memory() -> None:
         await anyecho.echo(close_after(memory, 5))
     assert memory.sent == [b"abc", b"de"]
     assert memory.eof
-    assert memory.incoming == []  # discarded up to the peer's EOF
+    assert memory.unread == []  # discarded up to the peer's EOF
 
 
 async def test_reset_after_without_a_socket_closes() -> None:
@@ -443,7 +374,7 @@ async def test_stall_after_reads_no_further() -> None:
         await anyecho.echo(stall_after(memory, 5))
     assert window.cancelled_caught
     assert memory.sent == [b"abc", b"de"]
-    assert memory.incoming == [b"fg", b"hij"]
+    assert memory.unread == [b"fg", b"hij"]
     assert not memory.eof
 
 

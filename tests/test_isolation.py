@@ -6,12 +6,9 @@ import logging
 import os
 import socket
 import ssl
-import struct
 import sys
-import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +21,19 @@ import anyecho
 from anyecho import ListenAddress, ServerConfig
 from anyecho.testing import RunningServer, serving
 
-from .utils import TIMEOUT, random_bytes, receive_all
+from .utils import (
+    TIMEOUT,
+    random_bytes,
+    receive_all,
+    receive_exactly,
+    reset_on_close,
+    round_trip,
+)
 
 pytestmark = pytest.mark.anyio
 
 #: How many connections the reset floods open (sequentially, from a thread).
 FLOOD = 2000
-
-LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-@pytest.fixture
-def unix_path() -> Iterator[str]:
-    # Unix socket paths are limited to ~100 bytes; pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="anyecho-") as directory:
-        yield str(Path(directory) / "echo.sock")
 
 
 def reset_flood(address: ListenAddress, count: int = FLOOD) -> None:
@@ -55,32 +50,29 @@ def reset_flood(address: ListenAddress, count: int = FLOOD) -> None:
             sock.send(b"x")
         else:
             sock = socket.create_connection((str(address.host), address.port))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            reset_on_close(sock)
         sock.close()
 
 
 async def one_exact_echo(server: RunningServer, address: ListenAddress) -> None:
     payload = random_bytes(256 * 1024)
     async with await server.connect(address) as stream:
-        received = bytearray()
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream.send, payload)
-            while len(received) < len(payload):
-                received += await stream.receive()
-        assert received == payload
+            assert await receive_exactly(stream, len(payload)) == payload
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls", "unix"])
 async def test_a_reset_flood_leaves_the_server_serving(
     transport: str,
-    unix_path: str,
+    sock_path: Path,
     anyecho_server_ssl_context: ssl.SSLContext,
     anyecho_client_ssl_context: ssl.SSLContext,
 ) -> None:
     options: dict[str, Any] = {
         # The defaults an operator runs with, per-source limit included.
         "max_connections_per_source": "auto",
-        "unix": [unix_path] if transport == "unix" else [],
+        "unix": [str(sock_path)] if transport == "unix" else [],
     }
     if transport == "tls":
         options["ssl_context"] = anyecho_server_ssl_context
@@ -129,11 +121,7 @@ async def test_newcomers_are_accepted_while_others_stream() -> None:
         async def newcomer(index: int) -> None:
             data = b"newcomer %d" % index
             async with await server.connect() as stream:
-                await stream.send(data)
-                received = b""
-                while len(received) < len(data):
-                    received += await stream.receive()
-                assert received == data
+                await round_trip(stream, data)
 
         with anyio.fail_after(TIMEOUT):
             async with anyio.create_task_group() as load:
@@ -201,13 +189,13 @@ def slow_reader(
     ],
 )
 async def test_a_slow_reader_is_not_idle(
-    transport: str, size: int, rate: int, piece: int, unix_path: str
+    transport: str, size: int, rate: int, piece: int, sock_path: Path
 ) -> None:
     # About four seconds of echo through sends that block far longer than the
     # timeout, while bytes move all along: the reader gets every one.
     payload = random_bytes(size)
     async with serving(
-        idle_timeout=0.3, unix=[unix_path] if transport == "unix" else []
+        idle_timeout=0.3, unix=[str(sock_path)] if transport == "unix" else []
     ) as server:
         address = server.address_for(transport)  # type: ignore[arg-type]
         with anyio.fail_after(TIMEOUT):
@@ -221,10 +209,10 @@ async def test_a_slow_reader_is_not_idle(
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 async def test_a_reader_that_stops_is_still_closed(
-    transport: str, unix_path: str
+    transport: str, sock_path: Path
 ) -> None:
     async with serving(
-        idle_timeout=0.3, unix=[unix_path] if transport == "unix" else []
+        idle_timeout=0.3, unix=[str(sock_path)] if transport == "unix" else []
     ) as server:
         address = server.address_for(transport)  # type: ignore[arg-type]
         family = socket.AF_UNIX if address.path is not None else socket.AF_INET
@@ -291,10 +279,7 @@ async def test_one_source_cannot_take_every_slot() -> None:
                     refused.recv(1)
             # When a hog leaves, the first waiter is served, with what it sent.
             await hogs[0].aclose()
-            received = b""
-            while len(received) < 4:
-                received += await waiter.receive()
-            assert received == b"wait"
+            assert await receive_exactly(waiter, 4) == b"wait"
             for stream in [hogs[1], waiter, second_waiter, other]:
                 await stream.aclose()
 

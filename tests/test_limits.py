@@ -10,41 +10,30 @@ import pytest
 from anyio import BrokenResourceError
 
 from anyecho import EchoServer
+from anyecho.testing import serving
 
-from .test_transports import running
 from .utils import (
     CLOCK_RESOLUTION,
     TIMEOUT,
     connect,
     exchange,
     random_bytes,
+    read_to_end,
     receive_all,
 )
 
 pytestmark = pytest.mark.anyio
 
 
-async def read_to_end(stream: anyio.abc.ByteStream) -> bytes:
-    """What arrives before the server closes; a reset counts as the end too."""
-    received = bytearray()
-    try:
-        async for data in stream:
-            received += data
-    except BrokenResourceError:
-        pass
-    return bytes(received)
-
-
 async def test_max_connections_makes_clients_wait() -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running(max_connections=2) as server:
-            address = server.addresses[0]
-            first = await connect(address)
-            second = await connect(address)
+        async with serving(max_connections=2) as server:
+            first = await server.connect()
+            second = await server.connect()
             for stream in (first, second):
                 await stream.send(b"in")
                 assert await stream.receive() == b"in"
-            third = await connect(address)  # queued by the kernel, not served
+            third = await server.connect()  # queued by the kernel, not served
             await third.send(b"waiting")
             with anyio.move_on_after(0.3) as waited:
                 await third.receive()
@@ -59,8 +48,8 @@ async def test_max_connections_makes_clients_wait() -> None:
 
 async def test_idle_timeout_closes_silent_connection() -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running(idle_timeout=0.3) as server:
-            async with await connect(server.addresses[0]) as stream:
+        async with serving(idle_timeout=0.3) as server:
+            async with await server.connect() as stream:
                 # Before the last byte moves: the server times from then on.
                 start = anyio.current_time()
                 await stream.send(b"hello")
@@ -72,8 +61,8 @@ async def test_idle_timeout_closes_silent_connection() -> None:
 
 async def test_idle_timeout_spares_a_talking_connection() -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running(idle_timeout=0.5) as server:
-            async with await connect(server.addresses[0]) as stream:
+        async with serving(idle_timeout=0.5) as server:
+            async with await server.connect() as stream:
                 # Talk for three timeouts, pausing well under one each time.
                 for _ in range(10):
                     await stream.send(b"tick")
@@ -86,8 +75,8 @@ async def test_idle_timeout_spares_a_talking_connection() -> None:
 async def test_idle_timeout_closes_a_client_that_never_reads() -> None:
     """A peer that stops reading cannot pin a connection (slowloris)."""
     with anyio.fail_after(TIMEOUT):
-        async with running(idle_timeout=0.5) as server:
-            async with await connect(server.addresses[0]) as stream:
+        async with serving(idle_timeout=0.5) as server:
+            async with await server.connect() as stream:
                 sent = 0
                 chunk = random_bytes(256 * 1024)
                 try:
@@ -103,9 +92,9 @@ async def test_idle_timeout_closes_a_client_that_never_reads() -> None:
 
 async def test_writer_that_never_reads_holds_bounded_memory() -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running(idle_timeout=None) as server:
+        async with serving(idle_timeout=None) as server:
             receive_size = server.config.receive_size
-            async with await connect(server.addresses[0]) as stream:
+            async with await server.connect() as stream:
                 chunk = random_bytes(64 * 1024)
                 sent = 0
                 while True:
@@ -160,16 +149,14 @@ def open_fds() -> int:
 async def test_descriptors_return_to_baseline_after_1000_connections() -> None:
     # Warm up: event loops open some descriptors lazily, once (uvloop's
     # resolver thread pool, for one); those are not per-connection leaks.
-    async with running() as warm_up, await connect(warm_up.addresses[0]) as stream:
+    async with serving() as warm_up, await warm_up.connect() as stream:
         assert await exchange(stream, b"warm") == b"warm"
     baseline = open_fds()
-    server = EchoServer(host="127.0.0.1", port=0)
     with anyio.fail_after(TIMEOUT * 2):
-        async with anyio.create_task_group() as tg:
-            [address] = await tg.start(server.serve)
+        async with serving() as server:
 
             async def client(index: int) -> None:
-                async with await connect(address) as stream:
+                async with await server.connect() as stream:
                     data = b"%d" % index
                     assert await exchange(stream, data) == data
 
@@ -177,7 +164,6 @@ async def test_descriptors_return_to_baseline_after_1000_connections() -> None:
                 async with anyio.create_task_group() as clients:
                     for index in range(50):
                         clients.start_soon(client, batch * 50 + index)
-            server.stop()
     assert server.stats.total_connections == 1000
     assert server.stats.active_connections == 0
     assert open_fds() == baseline
@@ -185,7 +171,7 @@ async def test_descriptors_return_to_baseline_after_1000_connections() -> None:
 
 async def test_stats_snapshot_while_running() -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running() as server, await connect(server.addresses[0]) as stream:
+        async with serving() as server, await server.connect() as stream:
             await stream.send(b"12345")
             assert await stream.receive() == b"12345"
             stats = server.stats

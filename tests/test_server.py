@@ -2,64 +2,52 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import logging
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
 import anyio
 import pytest
-from anyio import BrokenResourceError, EndOfStream
-from anyio.abc import SocketAttribute, SocketStream
+from anyio import EndOfStream
+from anyio.abc import SocketAttribute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import anyecho
 import anyecho._accept
-from anyecho import (
-    EchoServer,
-    ListenAddress,
-    ListenError,
-    ServerConfig,
-    StreamWrapper,
+from anyecho import EchoServer, ListenError, ServerConfig, StreamWrapper
+from anyecho.testing import RunningServer, serving
+
+from .utils import (
+    TIMEOUT,
+    connect,
+    exchange,
+    needs_ipv6,
+    random_bytes,
+    read_to_end,
+    receive_all,
+    reset_on_close,
 )
 
-from .utils import TIMEOUT, connect, exchange, random_bytes, receive_all
-
 pytestmark = pytest.mark.anyio
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 
 
 @pytest.mark.parametrize(
     "size", [0, 1, 64 * 1024, 16 * 1024 * 1024], ids=["0B", "1B", "64KiB", "16MiB"]
 )
-async def test_payload_echoed_exactly(address: ListenAddress, size: int) -> None:
+async def test_payload_echoed_exactly(echo_server: RunningServer, size: int) -> None:
     payload = random_bytes(size)
     with anyio.fail_after(TIMEOUT):
-        async with await connect(address) as stream:
+        async with await echo_server.connect() as stream:
             assert await exchange(stream, payload) == payload
 
 
-async def test_many_concurrent_clients(address: ListenAddress) -> None:
+async def test_many_concurrent_clients(echo_server: RunningServer) -> None:
     clients = 200
     payloads = [
         random_bytes(1 + int.from_bytes(os.urandom(2), "big")) for _ in range(clients)
@@ -71,7 +59,7 @@ async def test_many_concurrent_clients(address: ListenAddress) -> None:
 
     async def client(index: int) -> None:
         nonlocal count
-        async with await connect(address) as stream:
+        async with await echo_server.connect() as stream:
             count += 1
             if count == clients:
                 connected.set()
@@ -87,65 +75,50 @@ async def test_many_concurrent_clients(address: ListenAddress) -> None:
         assert results[index] == payload, f"client {index} got another echo"
 
 
-async def test_half_close_gets_everything_then_eof(address: ListenAddress) -> None:
+async def test_half_close_gets_everything_then_eof(
+    echo_server: RunningServer,
+) -> None:
     """The client sends, then shuts down its write side; the echo still flows."""
     payload = random_bytes(3 * 1024 * 1024)
     with anyio.fail_after(TIMEOUT):
-        async with await connect(address) as stream:
-            async with anyio.create_task_group() as tg:
-                echoed = bytearray()
-
-                async def read() -> None:
-                    echoed.extend(await receive_all(stream))
-
-                tg.start_soon(read)
-                await stream.send(payload)
-                await stream.send_eof()
-            assert echoed == payload
+        async with await echo_server.connect() as stream:
+            assert await exchange(stream, [payload]) == payload
             # Both directions are now closed: receiving again reports the end.
             with pytest.raises(EndOfStream):
                 await stream.receive()
 
 
-async def test_server_closes_after_immediate_eof(address: ListenAddress) -> None:
+async def test_server_closes_after_immediate_eof(echo_server: RunningServer) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with await connect(address) as stream:
+        async with await echo_server.connect() as stream:
             await stream.send_eof()
             assert await receive_all(stream) == b""
 
 
-def reset(stream: SocketStream) -> None:
-    """Close ``stream``'s socket with an RST instead of a FIN."""
-    raw = stream.extra(SocketAttribute.raw_socket)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-async def test_client_reset_does_not_disturb_others(
-    server: EchoServer, address: ListenAddress
-) -> None:
+async def test_client_reset_does_not_disturb_others(echo_server: RunningServer) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with await connect(address) as steady:
+        async with await echo_server.connect() as steady:
             await steady.send(b"before")
             assert await steady.receive() == b"before"
 
             # A client that resets while the server is busy sending to it.
-            victim = await anyio.connect_tcp(address.host or "", address.port)
+            victim = await anyio.connect_tcp(echo_server.host, echo_server.port)
             await victim.send(random_bytes(4 * 1024 * 1024))
-            reset(victim)
+            reset_on_close(victim.extra(SocketAttribute.raw_socket))
             await victim.aclose()
 
             # A client that resets right after connecting.
-            quick = await anyio.connect_tcp(address.host or "", address.port)
-            reset(quick)
+            quick = await anyio.connect_tcp(echo_server.host, echo_server.port)
+            reset_on_close(quick.extra(SocketAttribute.raw_socket))
             await quick.aclose()
 
             await steady.send(b"after")
             assert await steady.receive() == b"after"
             payload = random_bytes(100_000)
-            async with await connect(address) as fresh:
+            async with await echo_server.connect() as fresh:
                 assert await exchange(fresh, payload) == payload
     # Accepts are first in, first out: with ``fresh`` served, all four were.
-    assert server.stats.total_connections == 4
+    assert echo_server.stats.total_connections == 4
 
 
 async def test_port_zero_reports_real_port() -> None:
@@ -167,61 +140,53 @@ async def test_port_zero_reports_real_port() -> None:
 
 @needs_ipv6
 async def test_ipv6_loopback() -> None:
-    server = EchoServer(host="::1", port=0)
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            [address] = await tg.start(server.serve)
+        async with serving(host="::1") as server:
+            [address] = server.addresses
             assert address.host == "::1"
             assert str(address) == f"tcp://[::1]:{address.port}"
             async with await anyio.connect_tcp("::1", address.port) as stream:
                 assert await exchange(stream, b"over v6") == b"over v6"
-            server.stop()
 
 
 async def test_the_default_host_is_loopback_only() -> None:
     assert ServerConfig().host == "127.0.0.1"
-    server = EchoServer(port=0)
+    # A config used as it is: the library's defaults, not the test settings.
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve)
-            assert [a.host for a in addresses] == ["127.0.0.1"]
-            server.stop()
+        async with serving(ServerConfig(port=0)) as server:
+            assert [a.host for a in server.addresses] == ["127.0.0.1"]
 
 
 @needs_ipv6
 @pytest.mark.parametrize("host", ["*", None])
 async def test_every_interface_only_when_asked_is_dual_stack(host: str | None) -> None:
-    server = EchoServer(host=host, port=0)
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve)
-            port = addresses[0].port
+        async with serving(host=host) as server:
+            port = server.addresses[0].port
             for host in ("127.0.0.1", "::1"):
                 async with await anyio.connect_tcp(host, port) as stream:
                     assert await exchange(stream, host.encode()) == host.encode()
-            server.stop()
 
 
 @needs_ipv6
 async def test_several_hosts_share_one_free_port() -> None:
-    server = EchoServer(host=["127.0.0.1", "::1"], port=0)
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve)
+        async with serving(host=["127.0.0.1", "::1"]) as server:
+            addresses = server.addresses
             assert [a.host for a in addresses] == ["127.0.0.1", "::1"]
             assert len({a.port for a in addresses}) == 1
             for address in addresses:
-                async with await connect(address) as stream:
+                async with await server.connect(address) as stream:
                     assert await exchange(stream, b"both") == b"both"
-            server.stop()
 
 
-async def test_port_in_use_is_a_clear_error(address: ListenAddress) -> None:
-    server = EchoServer(host="127.0.0.1", port=address.port)
+async def test_port_in_use_is_a_clear_error(echo_server: RunningServer) -> None:
+    server = EchoServer(host="127.0.0.1", port=echo_server.port)
     with pytest.raises(ListenError) as info:
         await server.serve()
     assert info.value.errno == errno.EADDRINUSE
-    assert str(info.value).startswith(f"cannot listen on 127.0.0.1:{address.port}: ")
+    expected = f"cannot listen on 127.0.0.1:{echo_server.port}: "
+    assert str(info.value).startswith(expected)
 
 
 async def test_handler_error_ends_that_connection_only(
@@ -239,22 +204,18 @@ async def test_handler_error_ends_that_connection_only(
                 raise BoomError
             return data
 
-    server = EchoServer(host="127.0.0.1", port=0, wrap_stream=FailOnMagic)
     caplog.set_level(logging.ERROR, logger="anyecho")
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            [address] = await tg.start(server.serve)
-            async with await connect(address) as steady:
+        async with serving(wrap_stream=FailOnMagic) as server:
+            async with await server.connect() as steady:
                 await steady.send(b"hi")
                 assert await steady.receive() == b"hi"
-                async with await connect(address) as doomed:
+                async with await server.connect() as doomed:
                     await doomed.send(b"boom")
                     # The server closes the failing connection: EOF or reset.
-                    with contextlib.suppress(BrokenResourceError):
-                        assert await receive_all(doomed) == b""
+                    assert await read_to_end(doomed) == b""
                 await steady.send(b"still here")
                 assert await steady.receive() == b"still here"
-            server.stop()
     assert server.stats.errors["handler"] == 1
     [record] = [r for r in caplog.records if r.exc_info]
     assert "handler failed" in record.getMessage()
@@ -282,13 +243,9 @@ async def test_accept_errors_are_logged_and_retried(
     monkeypatch.setattr(anyecho._accept, "_accept", flaky_accept)
     monkeypatch.setattr(anyecho._accept, "ACCEPT_BACKOFF", 0.001)
     caplog.set_level(logging.DEBUG, logger="anyecho")
-    server = EchoServer(host="127.0.0.1", port=0)
     with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            [address] = await tg.start(server.serve)
-            async with await connect(address) as stream:
-                assert await exchange(stream, b"survived") == b"survived"
-            server.stop()
+        async with serving() as server, await server.connect() as stream:
+            assert await exchange(stream, b"survived") == b"survived"
     assert not failures
     assert server.stats.errors["accept"] == expected
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -324,8 +281,7 @@ async def test_stop_zero_closes_connections_now() -> None:
                 await stream.send(b"x")
                 assert await stream.receive() == b"x"
                 server.stop(0)
-                with contextlib.suppress(BrokenResourceError):
-                    assert await receive_all(stream) == b""
+                assert await read_to_end(stream) == b""
 
 
 async def test_wait_listening_for_plain_tasks() -> None:
@@ -362,12 +318,9 @@ def test_config_rejects_bad_values() -> None:
 
 
 @pytest.fixture(scope="module")
-async def shared_address(anyio_backend: Any) -> AsyncIterator[ListenAddress]:
-    server = EchoServer(host="127.0.0.1", port=0)
-    async with anyio.create_task_group() as tg:
-        [address] = await tg.start(server.serve)
-        yield address
-        server.stop(0)
+async def shared_server(anyio_backend: Any) -> AsyncIterator[RunningServer]:
+    async with serving() as server:
+        yield server
 
 
 @settings(
@@ -380,21 +333,12 @@ async def shared_address(anyio_backend: Any) -> AsyncIterator[ListenAddress]:
     cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=20),
 )
 async def test_property_tcp_chunks_round_trip(
-    shared_address: ListenAddress, payload: bytes, cuts: list[int]
+    shared_server: RunningServer, payload: bytes, cuts: list[int]
 ) -> None:
     """Random payloads, cut at random places and sent piecewise, come back whole."""
     bounds = sorted({0, len(payload), *(c for c in cuts if c <= len(payload))})
     pieces = [payload[a:b] for a, b in itertools.pairwise(bounds)]
     with anyio.fail_after(TIMEOUT):
-        async with await connect(shared_address) as stream:
-            echoed = bytearray()
-
-            async def read() -> None:
-                echoed.extend(await receive_all(stream))
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read)
-                for piece in pieces:
-                    await stream.send(piece)
-                await stream.send_eof()
+        async with await shared_server.connect() as stream:
+            echoed = await exchange(stream, pieces)
     assert echoed == payload

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import stat
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -18,55 +14,33 @@ import trustme
 from anyio import BrokenResourceError, EndOfStream
 
 from anyecho import EchoServer, ListenAddress, ListenError
+from anyecho.testing import RunningServer, serving
 
 from .utils import (
     CLOCK_RESOLUTION,
     TIMEOUT,
-    connect,
     exchange,
     random_bytes,
+    read_to_end,
     receive_all,
 )
 
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[EchoServer]:
-    options.setdefault("host", "127.0.0.1")
-    options.setdefault("port", 0)
-    server = EchoServer(**options)
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        yield server
-        server.stop(0)
-
-
-def first(server: EchoServer, transport: str) -> ListenAddress:
-    return next(a for a in server.addresses if a.transport == transport)
-
-
 # --- Unix sockets -----------------------------------------------------------
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Iterator[Path]:
-    # Unix socket paths are limited to ~100 bytes; tmp_path can be longer.
-    short = Path(f"/tmp/anyecho-{os.getpid()}-{id(tmp_path) % 100000}.sock")
-    yield short
-    short.unlink(missing_ok=True)
 
 
 async def test_unix_echo_and_half_close(sock_path: Path) -> None:
     payload = random_bytes(2 * 1024 * 1024)
     with anyio.fail_after(TIMEOUT):
-        async with running(port=None, unix=[str(sock_path)]) as server:
+        async with serving(port=None, unix=[str(sock_path)]) as server:
             [address] = server.addresses
             assert address == ListenAddress("unix", path=str(sock_path))
             assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
-            async with await connect(address) as stream:
+            async with await server.connect(address) as stream:
                 assert await exchange(stream, payload) == payload
-            async with await connect(address) as stream:
+            async with await server.connect(address) as stream:
                 await stream.send_eof()
                 assert await receive_all(stream) == b""
     assert not sock_path.exists(), "the socket file is removed on exit"
@@ -74,11 +48,11 @@ async def test_unix_echo_and_half_close(sock_path: Path) -> None:
 
 async def test_unix_alongside_tcp_with_mode(sock_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running(unix=[str(sock_path)], unix_mode=0o660) as server:
+        async with serving(unix=[str(sock_path)], unix_mode=0o660) as server:
             assert [a.transport for a in server.addresses] == ["tcp", "unix"]
             assert stat.S_IMODE(sock_path.stat().st_mode) == 0o660
             for address in server.addresses:
-                async with await connect(address) as stream:
+                async with await server.connect(address) as stream:
                     assert await exchange(stream, b"both") == b"both"
 
 
@@ -88,18 +62,18 @@ async def test_unix_stale_socket_is_replaced(sock_path: Path) -> None:
     dead.close()  # the file stays: a server that died without cleaning up
     assert sock_path.exists()
     with anyio.fail_after(TIMEOUT):
-        async with running(port=None, unix=[str(sock_path)]) as server:
-            async with await connect(server.addresses[0]) as stream:
+        async with serving(port=None, unix=[str(sock_path)]) as server:
+            async with await server.connect("unix") as stream:
                 assert await exchange(stream, b"fresh") == b"fresh"
 
 
 async def test_unix_live_socket_is_an_error(sock_path: Path) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running(port=None, unix=[str(sock_path)]) as server:
+        async with serving(port=None, unix=[str(sock_path)]) as server:
             with pytest.raises(ListenError, match="a live server listens there"):
                 await EchoServer(port=None, unix=[str(sock_path)]).serve()
             # The first server is untouched.
-            async with await connect(server.addresses[0]) as stream:
+            async with await server.connect("unix") as stream:
                 assert await exchange(stream, b"still") == b"still"
 
 
@@ -111,25 +85,6 @@ async def test_unix_path_holding_a_file_is_an_error(sock_path: Path) -> None:
 
 
 # --- TLS --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="session")
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(context)
-    return context
 
 
 async def tls_half_close(
@@ -180,50 +135,50 @@ async def tls_half_close(
 
 
 async def test_tls_echo_and_half_close(
-    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    anyecho_server_ssl_context: ssl.SSLContext,
+    anyecho_client_ssl_context: ssl.SSLContext,
 ) -> None:
     payload = random_bytes(100_000)
     with anyio.fail_after(TIMEOUT):
-        async with running(ssl_context=server_context) as server:
-            address = first(server, "tls")
+        async with serving(
+            ssl_context=anyecho_server_ssl_context,
+            client_ssl_context=anyecho_client_ssl_context,
+        ) as server:
+            address = server.address_for("tls")
             assert str(address).startswith("tls://127.0.0.1:")
-            async with await anyio.connect_tcp(
-                "127.0.0.1", address.port, ssl_context=client_context, tls=True
-            ) as stream:
+            async with await server.connect(address) as stream:
                 await stream.send(b"over tls")
                 assert await stream.receive() == b"over tls"
-            assert await tls_half_close(address, client_context, payload) == payload
+            echoed = await tls_half_close(address, anyecho_client_ssl_context, payload)
+            assert echoed == payload
 
 
-async def garbage_client(port: int, data: bytes) -> bytes:
+async def garbage_client(server: RunningServer, data: bytes) -> bytes:
     """Send non-TLS bytes to a TLS port; return what comes back before the end."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+    async with await anyio.connect_tcp(server.host, server.port) as stream:
         await stream.send(data)
-        try:
-            return await receive_all(stream)
-        except BrokenResourceError:
-            return b""
+        return await read_to_end(stream)
 
 
 @pytest.mark.parametrize(
     "data", [b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01\x00\x05garbage"]
 )
 async def test_tls_garbage_is_one_log_line_and_harms_nobody(
-    server_context: ssl.SSLContext,
-    client_context: ssl.SSLContext,
+    anyecho_server_ssl_context: ssl.SSLContext,
+    anyecho_client_ssl_context: ssl.SSLContext,
     caplog: pytest.LogCaptureFixture,
     data: bytes,
 ) -> None:
     caplog.set_level(logging.INFO, logger="anyecho")
     with anyio.fail_after(TIMEOUT):
-        async with running(ssl_context=server_context) as server:
-            port = first(server, "tls").port
-            async with await anyio.connect_tcp(
-                "127.0.0.1", port, ssl_context=client_context, tls=True
-            ) as good:
+        async with serving(
+            ssl_context=anyecho_server_ssl_context,
+            client_ssl_context=anyecho_client_ssl_context,
+        ) as server:
+            async with await server.connect("tls") as good:
                 await good.send(b"before")
                 assert await good.receive() == b"before"
-                assert b"before" not in await garbage_client(port, data)
+                assert b"before" not in await garbage_client(server, data)
                 await good.send(b"after")
                 assert await good.receive() == b"after"
             assert server.stats.errors["tls"] == 1
@@ -234,38 +189,36 @@ async def test_tls_garbage_is_one_log_line_and_harms_nobody(
 
 
 async def test_tls_handshake_timeout(
-    server_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    anyecho_server_ssl_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="anyecho")
     with anyio.fail_after(TIMEOUT):
-        async with running(
-            ssl_context=server_context, tls_handshake_timeout=0.2
+        async with serving(
+            ssl_context=anyecho_server_ssl_context, tls_handshake_timeout=0.2
         ) as server:
-            port = first(server, "tls").port
             # Before connecting: the server's clock starts when it accepts,
             # which may be before connect() returns here.
             start = anyio.current_time()
-            async with await anyio.connect_tcp("127.0.0.1", port) as silent:
-                with suppress(BrokenResourceError):
-                    assert await receive_all(silent) == b""
+            async with await anyio.connect_tcp(server.host, server.port) as silent:
+                assert await read_to_end(silent) == b""
                 assert anyio.current_time() - start >= 0.2 - CLOCK_RESOLUTION
             assert server.stats.errors["tls"] == 1
     assert any("no handshake within 0.2s" in r.getMessage() for r in caplog.records)
 
 
 async def test_tls_client_certificate_required(
-    ca: trustme.CA, client_context: ssl.SSLContext
+    anyecho_ca: trustme.CA, anyecho_client_ssl_context: ssl.SSLContext
 ) -> None:
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    ca.configure_trust(server_context)
+    anyecho_ca.issue_cert("localhost").configure_cert(server_context)
+    anyecho_ca.configure_trust(server_context)
     server_context.verify_mode = ssl.CERT_REQUIRED
     with_cert = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(with_cert)
-    ca.issue_cert("client@example.org").configure_cert(with_cert)
+    anyecho_ca.configure_trust(with_cert)
+    anyecho_ca.issue_cert("client@example.org").configure_cert(with_cert)
     with anyio.fail_after(TIMEOUT):
-        async with running(ssl_context=server_context) as server:
-            port = first(server, "tls").port
+        async with serving(ssl_context=server_context) as server:
+            port = server.address_for("tls").port
             async with await anyio.connect_tcp(
                 "localhost", port, ssl_context=with_cert, tls=True
             ) as stream:
@@ -274,7 +227,7 @@ async def test_tls_client_certificate_required(
             # TLS 1.3: the client learns of the refusal on its first read.
             with pytest.raises((BrokenResourceError, ssl.SSLError, EndOfStream)):
                 async with await anyio.connect_tcp(
-                    "localhost", port, ssl_context=client_context, tls=True
+                    "localhost", port, ssl_context=anyecho_client_ssl_context, tls=True
                 ) as stream:
                     await stream.send(b"anonymous")
                     await stream.receive()

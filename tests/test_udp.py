@@ -24,7 +24,7 @@ from anyecho._stats import ServerStats
 from anyecho._udp import UDPGuard, _Responder, parse_port_set, serve_udp
 from anyecho.testing import RunningServer, serving
 
-from .utils import TIMEOUT, random_bytes
+from .utils import TIMEOUT, needs_ipv6, random_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -124,13 +124,8 @@ async def test_empty_datagram_is_answered_with_an_empty_one() -> None:
     assert stats.bytes_received == stats.bytes_sent == 5
 
 
-@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+@needs_ipv6
 async def test_udp_echo_over_ipv6() -> None:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback")
     with anyio.fail_after(TIMEOUT):
         async with udp_server(host="::1") as server:
             port = udp_port(server)
