@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._config import DEFAULT_UDP_BLOCKED_PORTS as DEFAULT_UDP_BLOCKED_PORTS
     from ._config import RateLimit as RateLimit
     from ._config import ServerConfig as ServerConfig
+    from ._config import ServerOptions as ServerOptions
     from ._echo import RECEIVE_SIZE as RECEIVE_SIZE
     from ._echo import ByteCounts as ByteCounts
     from ._echo import echo as echo
@@ -41,6 +42,7 @@ _LAZY = {
     "resolve_backend": "._backends",
     "DEFAULT_PORT": "._config",
     "ServerConfig": "._config",
+    "ServerOptions": "._config",
     "RECEIVE_SIZE": "._echo",
     "ByteCounts": "._echo",
     "echo": "._echo",
@@ -105,6 +107,7 @@ __all__ = [
     "ListenError",
     "RateLimit",
     "ServerConfig",
+    "ServerOptions",
     "StatsSnapshot",
     "StreamWrapper",
     "echo",

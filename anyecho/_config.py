@@ -8,9 +8,12 @@ import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from anyio.abc import ByteStream
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from ._echo import RECEIVE_SIZE
 
@@ -21,6 +24,7 @@ __all__ = [
     "EVERY_INTERFACE",
     "RateLimit",
     "ServerConfig",
+    "ServerOptions",
 ]
 
 #: Where a server listens when no host is given: loopback, this machine only.
@@ -161,13 +165,13 @@ class ServerConfig:
         server = anyecho.EchoServer(config)
     """
 
-    host: str | tuple[str, ...] | None = DEFAULT_HOST
+    host: str | Sequence[str] | None = DEFAULT_HOST
     port: int | None = DEFAULT_PORT
     backlog: int = 4096
     receive_size: int = RECEIVE_SIZE
     wrap_stream: WrapStream | None = None
     drain_timeout: float = 5.0
-    unix: tuple[str, ...] = ()
+    unix: Sequence[str] = ()
     unix_mode: int = 0o600
     ssl_context: ssl.SSLContext | None = None
     tls_handshake_timeout: float = 10.0
@@ -248,8 +252,36 @@ class ServerConfig:
         """:attr:`host` as a tuple, or ``None`` for every interface."""
         if self.host is None:
             return None
-        return (self.host,) if isinstance(self.host, str) else self.host
+        return (self.host,) if isinstance(self.host, str) else tuple(self.host)
 
-    def replace(self, **changes: Any) -> ServerConfig:
+    def replace(self, **changes: Unpack[ServerOptions]) -> ServerConfig:
         """A copy with some settings changed (and validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+class ServerOptions(TypedDict, total=False):
+    """:class:`ServerConfig`'s fields as keyword arguments, for type checkers.
+
+    ``EchoServer(port=0, idle_timeout=5)``, :func:`~anyecho.serve` and
+    :func:`~anyecho.testing.serving` take them; each is checked as the field of
+    the same name. (A test keeps the two lists the same.)
+    """
+
+    host: str | Sequence[str] | None
+    port: int | None
+    backlog: int
+    receive_size: int
+    wrap_stream: WrapStream | None
+    drain_timeout: float
+    unix: Sequence[str]
+    unix_mode: int
+    ssl_context: ssl.SSLContext | None
+    tls_handshake_timeout: float
+    max_connections: int | None
+    max_connections_per_source: int | Literal["auto"] | None
+    idle_timeout: float | None
+    reuse_port: bool
+    udp: bool
+    udp_blocked_ports: frozenset[int]
+    udp_rate: RateLimit
+    udp_byte_rate: RateLimit

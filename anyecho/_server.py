@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Callable, Generator
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio import TASK_STATUS_IGNORED, CancelScope, create_task_group
@@ -21,11 +21,13 @@ from anyio.abc import TaskGroup, TaskStatus
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from . import _sockets
 from ._accept import Admission, Start, accept_loop
 from ._backends import check_event_loop, current_backend_name
-from ._config import ServerConfig
+from ._config import ServerConfig, ServerOptions
 from ._connection import Connections
 from ._memory import keep_freed_memory
 from ._sockets import ListenAddress, Transport
@@ -55,7 +57,9 @@ class EchoServer:
         from scratch): ``EchoServer(port=0)``
     """
 
-    def __init__(self, config: ServerConfig | None = None, /, **options: Any) -> None:
+    def __init__(
+        self, config: ServerConfig | None = None, /, **options: Unpack[ServerOptions]
+    ) -> None:
         if config is None:
             config = ServerConfig(**options)
         elif options:
@@ -334,7 +338,7 @@ async def serve(
     /,
     *,
     task_status: TaskStatus[list[ListenAddress]] = TASK_STATUS_IGNORED,
-    **options: Any,
+    **options: Unpack[ServerOptions],
 ) -> None:
     """Serve echo until cancelled; the one-call form of :class:`EchoServer`.
 

@@ -25,19 +25,21 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ByteStream, ConnectedUDPSocket
 
-from ._config import ServerConfig
+from ._config import ServerConfig, ServerOptions
 from ._server import EchoServer
-from ._sockets import ListenAddress
+from ._sockets import ListenAddress, Transport
 from ._stats import StatsSnapshot
 from .faults import Faults
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["TEST_DEFAULTS", "RunningServer", "serving"]
 
@@ -50,8 +52,6 @@ TEST_DEFAULTS: dict[str, Any] = {
     "drain_timeout": 0.5,
     "max_connections_per_source": None,
 }
-
-Transport = Literal["tcp", "tls", "unix", "udp"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,7 +213,7 @@ async def serving(
     *,
     faults: Faults | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
-    **options: Any,
+    **options: Unpack[ServerOptions],
 ) -> AsyncIterator[RunningServer]:
     """Run an echo server for the duration of an ``async with`` block.
 

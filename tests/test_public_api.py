@@ -61,3 +61,12 @@ def test_limits_say_that_none_means_no_limit() -> None:
         ServerConfig(max_connections=-1)
     with pytest.raises(ValueError, match=r"drain_timeout .*expected a number >= 0"):
         ServerConfig(drain_timeout=-1)
+
+
+def test_server_options_are_the_config_fields() -> None:
+    from anyecho._config import ServerOptions
+
+    fields = typing.get_type_hints(ServerConfig)
+    options = typing.get_type_hints(ServerOptions)
+    assert options == fields
+    assert not ServerOptions.__required_keys__

@@ -97,7 +97,10 @@ def field_defaults(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
-        return {}
+        found = _class_source(cls)
+        if found is None:
+            return {}
+        source = found
     tree = ast.parse(source)
     node = tree.body[0] if tree.body else None
     body = node.body if isinstance(node, ast.ClassDef) else []
@@ -137,8 +140,59 @@ def _process_signature(  # noqa: PLR0917 - the event's signature
     return str(inspect.Signature(parameters)), return_annotation
 
 
+def _private_modules() -> list[str]:
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(PACKAGES[0])
+    return [
+        info.name
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+        if info.name.rpartition(".")[2].startswith("_")
+    ]
+
+
+def _merge_attr_docs(app: Sphinx) -> None:
+    """Let the analyzer of ``anyecho`` know the ``#:`` comments of its classes.
+
+    The public classes say they live in ``anyecho`` (their ``__module__``), so
+    autodoc looks for the comments on their attributes (``EchoServer.addresses``)
+    in ``anyecho/__init__.py``; they are written in the private modules that
+    define the classes, and are added to that analyzer from there.
+    """
+    public = ModuleAnalyzer.for_module(PACKAGES[0])
+    public.analyze()
+    for name in _private_modules():
+        try:
+            private = ModuleAnalyzer.for_module(name)
+            private.analyze()
+        except PycodeError:
+            continue
+        for key, lines in private.attr_docs.items():
+            if key[0]:  # class attributes only: module constants stay their own
+                public.attr_docs.setdefault(key, lines)
+        for key, order in private.tagorder.items():
+            public.tagorder.setdefault(key, order)
+
+
+def _class_source(cls: type) -> str | None:
+    """The source of ``cls``, from the private module that defines it."""
+    for name in _private_modules():
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, cls.__name__, None) is cls:
+            try:
+                tree_source = inspect.getsource(module)
+            except (OSError, TypeError):
+                return None
+            for node in ast.parse(tree_source).body:
+                if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                    return ast.get_source_segment(tree_source, node)
+    return None
+
+
 def setup(app: Sphinx) -> ExtensionMetadata:
     app.setup_extension("sphinx.ext.autodoc")
+    app.connect("builder-inited", _merge_attr_docs)
     app.connect("autodoc-process-docstring", _process_docstring)
     app.connect("autodoc-process-signature", _process_signature)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
