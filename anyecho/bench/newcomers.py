@@ -54,7 +54,7 @@ from typing import Any
 
 from . import _proc
 from ._units import format_size, parse_size
-from .servers import ServerError, ServerProcess, ServerSpec
+from .servers import ServerError, ServerProcess, ServerSpec, anyecho_spec
 
 __all__ = ["SCHEMA", "Placement", "Settings", "load_generator", "main", "run"]
 
@@ -546,27 +546,7 @@ class LoadGenerator:
 
 
 def _server_spec(backend: str) -> ServerSpec:
-    return ServerSpec(
-        f"anyecho-{backend}",
-        f"anyecho serve --backend {backend}",
-        "anyecho",
-        (
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--backend",
-            backend,
-            "--max-connections",
-            "0",
-            "--max-connections-per-source",
-            "0",
-            "--idle-timeout",
-            "0",
-            "--log-level",
-            "info",
-        ),
-        backend,
-    )
+    return anyecho_spec(backend, "--max-connections", "0", "--idle-timeout", "0")
 
 
 def _cpu_share(before: float | None, after: float | None, wall: float) -> float | None:

@@ -89,32 +89,37 @@ def _asyncio_loops() -> dict[str, str]:
     return loops
 
 
+def anyecho_spec(backend: str, *extra: str, name: str | None = None) -> ServerSpec:
+    """``anyecho serve`` on ``backend``, on 127.0.0.1, with ``extra`` options.
+
+    Every client of a bench comes from 127.0.0.1, so the per-source limit is off.
+    """
+    return ServerSpec(
+        f"anyecho-{name or backend}",
+        f"anyecho serve --backend {backend}",
+        "anyecho",
+        (
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--backend",
+            backend,
+            "--max-connections-per-source",
+            "0",
+            *extra,
+            "--log-level",
+            "info",
+        ),
+        backend,
+    )
+
+
 def registry() -> dict[str, ServerSpec]:
     """Every server by name, in the order reports list them."""
     asyncio_loops = _asyncio_loops()
     anyio_loops = {**asyncio_loops, "trio": "trio"}
     base = "anyecho.bench.baselines."
-    specs = [
-        ServerSpec(
-            f"anyecho-{loop}",
-            f"anyecho serve --backend {backend}",
-            "anyecho",
-            (
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--backend",
-                backend,
-                # Every client of the bench comes from 127.0.0.1.
-                "--max-connections-per-source",
-                "0",
-                "--log-level",
-                "info",
-            ),
-            backend,
-        )
-        for loop, backend in anyio_loops.items()
-    ]
+    specs = [anyecho_spec(backend, name=loop) for loop, backend in anyio_loops.items()]
     specs.append(
         ServerSpec(
             "tutorial",
