@@ -116,4 +116,5 @@ __all__ = [
     "tls_server_context",
 ]
 
+# The one place the version is written: the build reads it from here.
 __version__ = "0.1.0"

@@ -13,8 +13,9 @@ intersphinx inventories.
 The other local extensions, in ``_ext/``: ``autodoc_public`` (constants' comments
 and dataclass defaults as the source spells them), ``pytest_fixtures`` (the
 plugin's fixtures), ``bench_results`` (the table that ``anyecho bench --markdown``
-wrote), ``readme_blocks`` (the README's commands); ``docs_support`` holds what
-the examples' hidden set-up code uses.
+wrote), ``readme_blocks`` (the README's commands), ``rendered_html`` (fails the
+build when a written page would show one of Furo's CSS-only error boxes);
+``docs_support`` holds what the examples' hidden set-up code uses.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ extensions = [
     "offline_refs",
     "pytest_fixtures",
     "readme_blocks",
+    "rendered_html",
 ]
 
 root_doc = "index"

@@ -32,7 +32,7 @@ LOOP_REPORTS_HANDLER_ERRORS = "Unhandled exception in client_connected_cb" in (
     inspect.getsource(asyncio.streams)
 )
 
-_READY = re.compile(r"serving echo on tcp://([\d.]+):(\d+)")
+_READY = re.compile(r"serving echo on (?:tcp|tls)://([\d.]+):(\d+)")
 
 #: How long a server may take to start or stop (seconds).
 TIMEOUT = 30.0
