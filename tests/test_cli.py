@@ -85,7 +85,7 @@ def test_module_and_script_entry_points() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--port", "70000"], "invalid port '70000'"),
+        (["--port", "70000"], "invalid port 70000"),
         (["--port", "-1"], "invalid port '-1'"),
         (["--port", "http"], "invalid port 'http'"),
         (["--backend", "twisted"], "unknown backend 'twisted'"),
@@ -154,3 +154,4 @@ def test_parser_documents_every_option() -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--help"])
     assert info.value.code == 0
+

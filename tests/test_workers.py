@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from anyecho._workers import MAX_FAILED_STARTS, MAX_RESTART_DELAY, restart_delay
+from anyecho.cli._workers import MAX_FAILED_STARTS, MAX_RESTART_DELAY, restart_delay
 
 from .processes import ServerProcess, echo_once
 
@@ -82,7 +82,7 @@ def test_workers_that_never_listen_end_the_service(
 ) -> None:
     # Each worker (and only a worker) exits at once, as when it cannot start.
     (tmp_path / "sitecustomize.py").write_text(
-        "import os, sys\nif '--worker-id' in sys.argv:\n    os._exit(3)\n"
+        "import os, sys\nif '--ready-fd' in sys.argv:\n    os._exit(3)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     server = run(
@@ -123,7 +123,7 @@ def test_signal_while_workers_start(
     status, stderr = server.finish()
     assert status == 0, stderr
     assert_clean(stderr)
-    assert f"{signum.name}: stopping gracefully all workers" in stderr
+    assert f"{signum.name}: stopping all workers gracefully" in stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP], ids=["KILL", "HUP"])
@@ -144,10 +144,11 @@ def test_no_worker_outlives_the_supervisor(
         assert stderr.count("supervisor exited: stopping gracefully") == 2, stderr
     else:
         assert status == 0, stderr
-        assert "SIGHUP: stopping gracefully all workers" in stderr
+        assert "SIGHUP: stopping all workers gracefully" in stderr
     # Nothing holds the port: a server without SO_REUSEPORT can take it.
     again = run("serve", "--port", str(port), "--backend", backend_name)
     assert again.wait_port() == port
     assert echo_once(port, b"alone") == b"alone"
     again.proc.send_signal(signal.SIGTERM)
     assert again.finish()[0] == 0
+
