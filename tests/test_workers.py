@@ -152,3 +152,41 @@ def test_no_worker_outlives_the_supervisor(
     again.proc.send_signal(signal.SIGTERM)
     assert again.finish()[0] == 0
 
+
+def test_reserved_port_is_shared_by_a_worker_on_every_interface() -> None:
+    """The supervisor holds 0.0.0.0 and :: apart, as a worker binds them."""
+    import socket
+
+    from anyecho._errors import ListenError
+    from anyecho._sockets import bind_inet, resolve_now
+    from anyecho.cli._workers import reserve_port
+
+    port, held = reserve_port(None, 0)
+    try:
+        families = {sock.family for sock in held}
+        targets = resolve_now(None, port, socket.SOCK_STREAM)
+        assert families == {family for family, _ in targets}
+        worker = bind_inet(
+            targets, socket.SOCK_STREAM, port, backlog=16, reuse_port=True
+        )
+        try:
+            assert {sock.getsockname()[1] for sock in worker} == {port}
+            # A server without SO_REUSEPORT cannot take the port meanwhile.
+            with pytest.raises(ListenError, match="in use"):
+                bind_inet(targets, socket.SOCK_STREAM, port, backlog=16)
+        finally:
+            for sock in worker:
+                sock.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_one_worker_is_one_worker(run: type[ServerProcess]) -> None:
+    server = workers(run, "asyncio", 1)
+    server.wait_for(r"starting 1 worker \(supervisor")
+    server.wait_port()
+    server.proc.send_signal(signal.SIGTERM)
+    status, stderr = server.finish()
+    assert status == 0, stderr
+    assert "SIGTERM: stopping all workers gracefully" in stderr
