@@ -10,7 +10,7 @@ stop_requests.install()
 
 import sys  # noqa: E402
 
-from .cli import main  # noqa: E402
+from .cli._main import main  # noqa: E402
 
 __all__ = ["main"]
 

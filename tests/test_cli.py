@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -9,10 +10,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from anyecho import ServerConfig
 from anyecho.cli import build_parser, main
+from anyecho.cli._serve import config_from_args, serve_command
 
 from .processes import ServerProcess, echo_once, one_line_error
 from .utils import TIMEOUT
@@ -85,7 +89,7 @@ def test_module_and_script_entry_points() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--port", "70000"], "invalid port '70000'"),
+        (["--port", "70000"], "invalid port 70000"),
         (["--port", "-1"], "invalid port '-1'"),
         (["--port", "http"], "invalid port 'http'"),
         (["--backend", "twisted"], "unknown backend 'twisted'"),
@@ -154,3 +158,104 @@ def test_parser_documents_every_option() -> None:
     with pytest.raises(SystemExit) as info:
         main(["serve", "--help"])
     assert info.value.code == 0
+
+
+# -- one grammar for every option, one source for every default -------------------
+
+
+def parse_serve(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512", 512), ("64k", 65536), ("64KiB", 65536), ("64kb", 65536),
+     ("1.5k", 1536), ("1M", 1 << 20), ("2 MiB", 2 << 20), ("1G", 1 << 30)],
+)  # fmt: skip
+def test_one_size_grammar_everywhere(text: str, size: int) -> None:
+    args = parse_serve(
+        "--receive-size", text, "--throttle", text, "--close-after", text,
+        "--udp-byte-rate", text,
+    )  # fmt: skip
+    assert args.receive_size == size
+    assert args.fault_throttle == size
+    assert args.fault_close_after == size
+    assert args.udp_byte_rate == size
+    bench = build_parser().parse_args(["bench", "--sizes", text])
+    assert bench.sizes == (size,)
+
+
+def test_sizes_have_the_same_help_everywhere() -> None:
+    from anyecho.cli._args import SIZE_SYNTAX
+
+    text = " ".join(build_parser().format_help().split())
+    serve = " ".join(main_help("serve").split())
+    bench = " ".join(main_help("bench").split())
+    assert "k and m" not in text + serve + bench
+    for help_text in (serve, bench):
+        assert SIZE_SYNTAX in help_text
+
+
+def main_help(command: str) -> str:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "==SUPPRESS==" and a.choices)
+    choices: Any = action.choices
+    return str(choices[command].format_help())
+
+
+@pytest.mark.parametrize("zero", ["0", "0.0", "0.00", "00", ".0"])
+def test_zero_in_any_spelling_means_never(zero: str) -> None:
+    assert (
+        config_from_args(parse_serve("--idle-timeout", zero), None).idle_timeout is None
+    )
+    drain = config_from_args(parse_serve("--drain-timeout", zero), None)
+    assert drain.drain_timeout == 0
+
+
+@pytest.mark.parametrize("zero", ["0", "00"])
+def test_zero_count_means_no_limit(zero: str) -> None:
+    args = parse_serve("--max-connections", zero, "--max-connections-per-source", zero)
+    config = config_from_args(args, None)
+    assert config.max_connections is None
+    assert config.max_connections_per_source is None
+
+
+@pytest.mark.parametrize(
+    "option", ["--idle-timeout", "--drain-timeout", "--tls-handshake-timeout",
+               "--udp-rate", "--throttle", "--receive-size", "--delay"],
+)  # fmt: skip
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e3"])
+def test_no_option_takes_nan_or_infinity(option: str, bad: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_serve(option, bad)
+    assert info.value.code == 2
+
+
+def test_defaults_are_the_settings_defaults() -> None:
+    config = config_from_args(parse_serve(), None)
+    assert config == ServerConfig()
+
+
+def test_settings_are_validated_by_the_config() -> None:
+    with pytest.raises(ValueError, match=r"invalid tls_handshake_timeout 0\.0"):
+        config_from_args(parse_serve("--tls-handshake-timeout", "0"), None)
+
+
+def test_usage_and_runtime_errors_share_one_prefix() -> None:
+    assert one_line_error("serve", "--port", "x")[1].startswith("anyecho: error:")
+    assert one_line_error("bench", "--sizes", "x")[1].startswith("anyecho: error:")
+    status, line = one_line_error("serve", "--host", "no-such-host.invalid")
+    assert status == 1
+    assert line.startswith("anyecho: error: cannot resolve host")
+    status, line = one_line_error("serve", "--receive-size", "0")
+    assert status == 2
+    assert line.startswith("anyecho: error: invalid receive_size 0")
+
+
+def test_a_failure_keeps_its_cause() -> None:
+    from anyecho.cli._exit import CommandError
+
+    with pytest.raises(CommandError) as info:
+        serve_command(parse_serve("--tls-cert", "/nonexistent/cert.pem"))
+    assert info.value.status == 2
+    assert info.value.__cause__ is not None

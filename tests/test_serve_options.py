@@ -132,7 +132,7 @@ def test_fault_options(run: Run, backend_name: str) -> None:
         (["--max-connections", "-3"], "invalid count '-3'"),
         (["--unix-mode", "999"], "invalid mode '999'"),
         (["--udp-blocked-ports", "5-1"], "invalid port range"),
-        (["--receive-size", "0"], "invalid size '0'"),
+        (["--receive-size", "0"], "invalid receive_size 0"),
         (["--idle-timeout", "-1"], "invalid value '-1'"),
     ],
 )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from anyecho._workers import max_workers
+from anyecho.cli._workers import max_workers
 
 from .processes import one_line_error
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from anyecho._workers import MAX_FAILED_STARTS, MAX_RESTART_DELAY, restart_delay
+from anyecho.cli._workers import MAX_FAILED_STARTS, MAX_RESTART_DELAY, restart_delay
 
 from .processes import ServerProcess, echo_once
 
@@ -82,7 +82,7 @@ def test_workers_that_never_listen_end_the_service(
 ) -> None:
     # Each worker (and only a worker) exits at once, as when it cannot start.
     (tmp_path / "sitecustomize.py").write_text(
-        "import os, sys\nif '--worker-id' in sys.argv:\n    os._exit(3)\n"
+        "import os, sys\nif '--ready-fd' in sys.argv:\n    os._exit(3)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     server = run(
@@ -123,7 +123,7 @@ def test_signal_while_workers_start(
     status, stderr = server.finish()
     assert status == 0, stderr
     assert_clean(stderr)
-    assert f"{signum.name}: stopping gracefully all workers" in stderr
+    assert f"{signum.name}: stopping all workers gracefully" in stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP], ids=["KILL", "HUP"])
@@ -144,10 +144,49 @@ def test_no_worker_outlives_the_supervisor(
         assert stderr.count("supervisor exited: stopping gracefully") == 2, stderr
     else:
         assert status == 0, stderr
-        assert "SIGHUP: stopping gracefully all workers" in stderr
+        assert "SIGHUP: stopping all workers gracefully" in stderr
     # Nothing holds the port: a server without SO_REUSEPORT can take it.
     again = run("serve", "--port", str(port), "--backend", backend_name)
     assert again.wait_port() == port
     assert echo_once(port, b"alone") == b"alone"
     again.proc.send_signal(signal.SIGTERM)
     assert again.finish()[0] == 0
+
+
+def test_reserved_port_is_shared_by_a_worker_on_every_interface() -> None:
+    """The supervisor holds 0.0.0.0 and :: apart, as a worker binds them."""
+    import socket
+
+    from anyecho._errors import ListenError
+    from anyecho._sockets import bind_inet, resolve_now
+    from anyecho.cli._workers import reserve_port
+
+    port, held = reserve_port(None, 0)
+    try:
+        families = {sock.family for sock in held}
+        targets = resolve_now(None, port, socket.SOCK_STREAM)
+        assert families == {family for family, _ in targets}
+        worker = bind_inet(
+            targets, socket.SOCK_STREAM, port, backlog=16, reuse_port=True
+        )
+        try:
+            assert {sock.getsockname()[1] for sock in worker} == {port}
+            # A server without SO_REUSEPORT cannot take the port meanwhile.
+            with pytest.raises(ListenError, match="in use"):
+                bind_inet(targets, socket.SOCK_STREAM, port, backlog=16)
+        finally:
+            for sock in worker:
+                sock.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_one_worker_is_one_worker(run: type[ServerProcess]) -> None:
+    server = workers(run, "asyncio", 1)
+    server.wait_for(r"starting 1 worker \(supervisor")
+    server.wait_port()
+    server.proc.send_signal(signal.SIGTERM)
+    status, stderr = server.finish()
+    assert status == 0, stderr
+    assert "SIGTERM: stopping all workers gracefully" in stderr

@@ -11,5 +11,7 @@ Markdown, or draws it as a chart.
 The reference servers live in :mod:`anyecho.bench.baselines`; each is a small
 program runnable on its own (``python -m anyecho.bench.baselines.protocol --port 0``).
 
-Nothing here is imported by the rest of anyecho; importing this package is cheap.
+The library never imports anything here: only the command line's entry point
+does, to register ``anyecho bench`` (the layers contract in ``pyproject.toml``
+checks it). Importing this package is cheap.
 """

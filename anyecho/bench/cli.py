@@ -1,7 +1,8 @@
 """``anyecho bench``: measure anyecho against reference echo servers.
 
-This module imports only the standard library when loaded: the rest of the
-benchmark, and ``rich`` and ``matplotlib`` (the ``bench`` extra), are imported when
+This module imports only the standard library when loaded (and the command
+line's argument types and exit statuses, which import nothing else): the rest of
+the benchmark, and ``rich`` and ``matplotlib`` (the ``bench`` extra), are imported when
 the command runs. Without the extra, the table, JSON and Markdown outputs still
 work; the progress bar becomes plain lines, and ``--plot`` is refused.
 
@@ -21,6 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cli._args import (
+    SIZE_SYNTAX,
+    byte_size,
+    count,
+    positive_count,
+    positive_seconds,
+    seconds,
+)
+from ..cli._exit import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
+
 if TYPE_CHECKING:
     from .plan import Settings
     from .report import Report
@@ -29,9 +40,6 @@ __all__ = ["add_parser"]
 
 #: The one line printed when an option needs the ``bench`` extra.
 EXTRA_NEEDED = "anyecho bench needs the bench extra: pip install 'anyecho[bench]'"
-
-#: Exit status after an interruption (as a shell reports SIGINT).
-EXIT_INTERRUPTED = 130
 
 #: The plot formats, by file suffix.
 PLOT_SUFFIXES = (".png", ".svg")
@@ -45,52 +53,12 @@ def _csv(parse: Callable[[str], int], what: str) -> Callable[[str], tuple[int, .
     """An argparse type for a comma-separated list of positive integers."""
 
     def parse_list(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(dict.fromkeys(parse(item) for item in text.split(",")))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        values = tuple(dict.fromkeys(parse(item) for item in text.split(",")))
         if not values or min(values) < 1:
             raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected >= 1")
         return values
 
     return parse_list
-
-
-def _count(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise ValueError(f"invalid count {text!r}: expected an integer") from None
-
-
-def _size(text: str) -> int:
-    from ._units import parse_size
-
-    return parse_size(text)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = _count(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a positive integer"
-        )
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: expected a number of seconds >= 0"
-        )
-    return value
 
 
 def _server_names(text: str) -> tuple[str, ...]:
@@ -118,8 +86,6 @@ def _plot_path(text: str) -> Path:
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``bench`` command to ``anyecho``'s subcommands."""
-    from ..cli import positive_float
-
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="benchmark anyecho against reference echo servers",
@@ -145,21 +111,21 @@ def add_parser(subparsers: Any) -> None:
     )
     what.add_argument(
         "--sizes",
-        type=_csv(_size, "size"),
+        type=_csv(byte_size, "size"),
         default="64,1k,64k,1m",
         metavar="SIZE,...",
-        help="message sizes in bytes; k and m mean KiB and MiB (default: %(default)s)",
+        help=f"message sizes, each {SIZE_SYNTAX} (default: %(default)s)",
     )
     what.add_argument(
         "--connections",
-        type=_csv(_count, "connection count"),
+        type=_csv(count, "connection count"),
         default="1,50",
         metavar="N,...",
         help="numbers of concurrent connections (default: %(default)s)",
     )
     what.add_argument(
         "--pipeline",
-        type=_positive_int,
+        type=positive_count,
         default=1,
         metavar="K",
         help="messages in flight per connection; 1 is ping-pong (default: %(default)s)",
@@ -167,28 +133,28 @@ def add_parser(subparsers: Any) -> None:
     how = parser.add_argument_group("how to measure")
     how.add_argument(
         "--duration",
-        type=positive_float,
+        type=positive_seconds,
         default=1.0,
         metavar="SECONDS",
         help="time measured per run (default: %(default)s)",
     )
     how.add_argument(
         "--warmup",
-        type=_seconds,
+        type=seconds,
         default=0.5,
         metavar="SECONDS",
         help="time run before each measurement, not counted (default: %(default)s)",
     )
     how.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_count,
         default=3,
         metavar="N",
         help="runs per server and workload (default: %(default)s)",
     )
     how.add_argument(
         "--clients",
-        type=_positive_int,
+        type=positive_count,
         metavar="N",
         help="load generator processes (default: one per CPU besides the server's, "
         "as many as the connections need)",
@@ -239,39 +205,30 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _bench_command(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_USAGE, fail
-
     if args.list_servers:
         return _list_servers()
     problem = _usage_problem(args)
     if problem is not None:
-        return fail(problem, EXIT_USAGE)
-    report = _report(args)
-    if isinstance(report, int):
-        return report
-    return _finish(report, args)
+        raise CommandError(problem, EXIT_USAGE)
+    return _finish(_report(args), args)
 
 
-def _report(args: argparse.Namespace) -> Report | int:
+def _report(args: argparse.Namespace) -> Report:
     """The report to print: read from ``--from-json``, or made by running."""
-    from ..cli import EXIT_USAGE, fail
-
     if args.from_json is None:
         return _run(_settings(args), quiet=args.quiet)
     try:
         return _load(args.from_json)
     except (OSError, ValueError) as exc:
-        return fail(f"cannot read {args.from_json}: {exc}", EXIT_USAGE)
+        raise CommandError(f"cannot read {args.from_json}: {exc}", EXIT_USAGE) from exc
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
     """Write the outputs; the exit status that the report calls for."""
-    from ..cli import EXIT_FAILURE, fail
-
     try:
         _write_outputs(report, args)
     except OSError as exc:
-        return fail(f"cannot write the report: {exc}")
+        raise CommandError(f"cannot write the report: {exc}") from exc
     if not report["complete"]:
         return EXIT_INTERRUPTED
     ran_ok = report["runs"] and all(run["ok"] for run in report["runs"])
@@ -336,9 +293,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _run(settings: Settings, *, quiet: bool) -> Report | int:
-    """Run the benchmark; its report, or an exit status if it could not finish."""
-    from ..cli import EXIT_FAILURE, fail
+def _run(settings: Settings, *, quiet: bool) -> Report:
+    """Run the benchmark; its report (:exc:`CommandError` if it could not finish)."""
     from .progress import choose
     from .runner import LoadGeneratorError, run_bench
 
@@ -346,9 +302,9 @@ def _run(settings: Settings, *, quiet: bool) -> Report | int:
     try:
         return run_bench(settings, choose(quiet=quiet))
     except LoadGeneratorError as exc:
-        return fail(str(exc), EXIT_FAILURE)
-    except KeyboardInterrupt:
-        return fail("interrupted", EXIT_INTERRUPTED)
+        raise CommandError(str(exc), EXIT_FAILURE) from exc
+    except KeyboardInterrupt as exc:
+        raise CommandError("interrupted", EXIT_INTERRUPTED) from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
 

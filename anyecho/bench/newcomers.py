@@ -52,8 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cli._args import (
+    SIZE_SYNTAX,
+    byte_size,
+    format_size,
+    positive_count,
+    positive_seconds,
+    seconds,
+)
 from . import _proc
-from ._units import format_size, parse_size
 from .servers import ServerError, ServerProcess, ServerSpec, anyecho_spec
 
 __all__ = ["SCHEMA", "Placement", "Settings", "load_generator", "main", "run"]
@@ -842,7 +849,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             value = None
         if value is None or value <= 0:
             raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected > 0")
@@ -865,45 +872,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--streams",
-        type=_positive(int),
+        type=positive_count,
         default=Settings.streams,
         help="connections streaming flat out in the loaded phase (default: "
         "%(default)s)",
     )
     parser.add_argument(
         "--newcomers",
-        type=_positive(int),
+        type=positive_count,
         default=Settings.newcomers,
         help="clients timed in each phase (default: %(default)s)",
     )
     parser.add_argument(
         "--repeat",
-        type=_positive(int),
+        type=positive_count,
         default=Settings.repeat,
         help="rounds per backend (default: %(default)s)",
     )
     parser.add_argument(
         "--window",
-        type=_positive(parse_size),
+        type=_positive(byte_size),
         default=Settings.window,
-        help="bytes each stream keeps in flight, e.g. 64k (default: 1m, the "
-        "default --receive-size of anyecho serve)",
+        help=f"bytes each stream keeps in flight, {SIZE_SYNTAX} (default: "
+        f"{format_size(Settings.window)}, the default --receive-size of anyecho "
+        "serve)",
     )
     parser.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive_seconds,
         default=Settings.timeout,
         help="seconds a newcomer waits for its echo (default: %(default)s)",
     )
     parser.add_argument(
         "--flowing-timeout",
-        type=_positive(float),
+        type=positive_seconds,
         default=Settings.flowing_timeout,
         help="seconds to wait for every stream to flow (default: %(default)s)",
     )
     parser.add_argument(
         "--settle",
-        type=float,
+        type=seconds,
         default=Settings.settle,
         help="seconds to pause after each phase (default: %(default)s)",
     )

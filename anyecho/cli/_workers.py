@@ -37,10 +37,22 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ._signals import STOP_SIGNALS, stop_requests
+from .._signals import STOP_SIGNALS, stop_requests
+from ._exit import CommandError
 
-__all__ = ["max_workers", "reserve_port", "supervise"]
+if TYPE_CHECKING:
+    from .._config import ServerConfig
+
+__all__ = [
+    "check_workers",
+    "max_workers",
+    "reserve_port",
+    "supervise",
+    "supervise_serve",
+    "worker_argv",
+]
 
 logger = logging.getLogger("anyecho")
 
@@ -76,40 +88,36 @@ def check_reuse_port() -> None:
         )
 
 
+def check_workers(config: ServerConfig, count: int) -> None:
+    """Raise :exc:`ValueError` unless ``count`` workers can serve ``config``."""
+    check_reuse_port()
+    if count > max_workers():
+        raise ValueError(
+            f"--workers {count}: at most {max_workers()} on this machine "
+            f"(8 per CPU, at least 64)"
+        )
+    if config.unix:
+        raise ValueError("--workers cannot share a Unix socket: drop --unix")
+
+
 def reserve_port(
     hosts: Sequence[str] | None, port: int
 ) -> tuple[int, list[socket.socket]]:
     """Bind (without listening) ``port`` on every host, with ``SO_REUSEPORT``.
 
-    With ``port == 0`` the first bind picks a free port and the others take the
-    same. The returned sockets hold the port for the supervisor's lifetime; not
-    listening, they receive no connections.
+    The addresses and the binding are the server's own (:mod:`anyecho._sockets`),
+    so that each worker binds exactly what is held here. With ``port == 0`` the
+    first bind picks a free port and the others take the same. The returned
+    sockets hold the port for the supervisor's lifetime; not listening, they
+    receive no connections.
+
+    :raises anyecho.ListenError: if a host does not resolve or a bind fails
     """
-    held: list[socket.socket] = []
-    targets: list[tuple[int, str, bool]] = []
-    if hosts is None:
-        targets.append((socket.AF_INET6, "::", False))
-    else:
-        for host in hosts:
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            targets.extend((info[0], str(info[4][0]), True) for info in infos)
-    try:
-        for family, address, v6only in targets:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            held.append(sock)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address, port))
-            port = sock.getsockname()[1]
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return port, held
+    from .._sockets import bind_inet, resolve_now
+
+    targets = resolve_now(hosts, port, socket.SOCK_STREAM)
+    held = bind_inet(targets, socket.SOCK_STREAM, port, backlog=None, reuse_port=True)
+    return held[0].getsockname()[1], held
 
 
 @dataclass
@@ -161,7 +169,6 @@ class _Supervisor:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [
                     *self.command,
-                    *("--worker-id", str(slot)),
                     *("--ready-fd", str(ready_end)),
                     *("--supervisor-fd", str(self.lifeline)),
                 ],
@@ -185,8 +192,8 @@ class _Supervisor:
         while self.handled < len(stop_requests.reasons):
             reason = stop_requests.reasons[self.handled]
             self.handled += 1
-            how = "stopping gracefully" if self.handled == 1 else "stopping now"
-            logger.info("%s: %s all workers", reason, how)
+            how = "gracefully" if self.handled == 1 else "now"
+            logger.info("%s: stopping all workers %s", reason, how)
             self.due.clear()
             self.signal_workers()
 
@@ -298,6 +305,40 @@ class _Supervisor:
 def supervise(worker_args: Sequence[str], count: int) -> int:
     """Run ``count`` copies of ``anyecho serve WORKER_ARGS`` until stopped."""
     command = [sys.executable, "-m", "anyecho", "serve", *worker_args]
-    logger.info("starting %d workers (supervisor pid %d)", count, os.getpid())
+    logger.info(
+        "starting %d worker%s (supervisor pid %d)",
+        count,
+        "" if count == 1 else "s",
+        os.getpid(),
+    )
     stop_requests.install()
     return _Supervisor(command, count).run()
+
+
+def worker_argv(argv: Sequence[str], port: int) -> list[str]:
+    """The serve options for one worker: these, less --workers, on ``port``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in {"--workers", "--port"}:
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return [*kept, "--port", str(port), "--reuse-port"]
+
+
+def supervise_serve(argv: Sequence[str], config: ServerConfig, count: int) -> int:
+    """``anyecho serve ARGV --workers COUNT``: the port held, the workers run."""
+    try:
+        port, held = reserve_port(config.hosts, config.port or 0)
+    except OSError as exc:
+        raise CommandError(str(exc)) from exc
+    try:
+        return supervise(worker_argv(argv, port), count)
+    finally:
+        for sock in held:
+            sock.close()

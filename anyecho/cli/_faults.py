@@ -1,0 +1,161 @@
+"""The fault options of ``anyecho serve`` (``--delay``, ``--fragment``, ...).
+
+:func:`add_fault_arguments` adds them to a parser and :func:`faults_from_args`
+reads them back as a :class:`~anyecho.Faults`; both are also importable from
+:mod:`anyecho.faults`. Sizes, rates and counts are written as every other option
+writes them (:mod:`._args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from ..faults._spec import Faults
+from ..faults._streams import Delay
+from ._args import NUMBER, SIZE_SYNTAX, byte_count, byte_rate, fraction, seed
+
+__all__ = [
+    "add_fault_arguments",
+    "delay_argument",
+    "faults_from_args",
+    "fragment_argument",
+]
+
+_RANGE = re.compile(rf"{NUMBER}(?:\s*-\s*{NUMBER})?")
+_FRAGMENT = re.compile(rf"(\d+)(?::{NUMBER})?")
+
+
+def delay_argument(text: str) -> Delay:
+    """Parse ``--delay``: ``SECONDS`` or ``MIN-MAX`` (``0.05``, ``0.01-0.1``)."""
+    match = _RANGE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid delay {text!r}: expected SECONDS or MIN-MAX, such as 0.05 "
+            "or 0.01-0.1"
+        )
+    low = float(match[1])
+    if match[2] is None:
+        return low
+    high = float(match[2])
+    if low > high:
+        raise argparse.ArgumentTypeError(f"invalid delay {text!r}: MIN is above MAX")
+    return (low, high)
+
+
+def fragment_argument(text: str) -> tuple[int, float]:
+    """Parse ``--fragment``: ``N`` or ``N:PAUSE`` (``16``, ``1:0.01``)."""
+    match = _FRAGMENT.fullmatch(text.strip())
+    if match is None or int(match[1]) < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid fragment {text!r}: expected N or N:PAUSE with N >= 1, "
+            "such as 16 or 1:0.01"
+        )
+    return int(match[1]), float(match[2] or 0)
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the fault options (an argument group) to ``parser``.
+
+    Read them back with :func:`faults_from_args`. Their destinations all start
+    with ``fault_``.
+
+    .. code-block:: python
+
+        parser = argparse.ArgumentParser()
+        add_fault_arguments(parser)
+        faults = faults_from_args(parser.parse_args(["--delay", "0.05"]))
+    """
+    group = parser.add_argument_group(
+        "fault injection",
+        f"Misbehave on purpose, to test clients. Sizes and rates: {SIZE_SYNTAX}.",
+    )
+    group.add_argument(
+        "--delay",
+        dest="fault_delay",
+        type=delay_argument,
+        metavar="SECONDS|MIN-MAX",
+        help="hold each echoed chunk this long, or a random time in a range",
+    )
+    group.add_argument(
+        "--fragment",
+        dest="fault_fragment",
+        type=fragment_argument,
+        metavar="N[:PAUSE]",
+        help="echo in pieces of at most N bytes, PAUSE seconds apart",
+    )
+    group.add_argument(
+        "--throttle",
+        dest="fault_throttle",
+        type=byte_rate,
+        metavar="BYTES_PER_S",
+        help="echo at most this many bytes per second",
+    )
+    cutoff = group.add_mutually_exclusive_group()
+    cutoff.add_argument(
+        "--close-after",
+        dest="fault_close_after",
+        type=byte_count,
+        metavar="BYTES",
+        help="end the stream cleanly after echoing this many bytes",
+    )
+    cutoff.add_argument(
+        "--reset-after",
+        dest="fault_reset_after",
+        type=byte_count,
+        metavar="BYTES",
+        help="reset the connection (TCP RST) after echoing this many bytes",
+    )
+    cutoff.add_argument(
+        "--stall-after",
+        dest="fault_stall_after",
+        type=byte_count,
+        metavar="BYTES",
+        help="stop reading and echoing after this many bytes, keeping the "
+        "connection open",
+    )
+    group.add_argument(
+        "--fault-fraction",
+        dest="fault_fraction",
+        type=fraction,
+        default=1.0,
+        metavar="F",
+        help="apply the faults to this share of connections, 0 to 1 "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--seed",
+        dest="fault_seed",
+        type=seed,
+        metavar="N",
+        help="seed the choice of connections and of random delays",
+    )
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults | None:
+    """The :class:`~anyecho.Faults` the options of :func:`add_fault_arguments` ask
+    for.
+
+    ``None`` when no fault option was given (``--fault-fraction`` and ``--seed``
+    alone inject nothing).
+
+    :raises ValueError: for values that are invalid together
+
+    .. code-block:: python
+
+        faults = faults_from_args(args)
+        config = ServerConfig(wrap_stream=faults and faults.stream_wrapper())
+    """
+    pieces: tuple[int, float] | None = getattr(args, "fault_fragment", None)
+    faults = Faults(
+        delay=getattr(args, "fault_delay", None),
+        fragment=pieces[0] if pieces else None,
+        fragment_pause=pieces[1] if pieces else 0.0,
+        throttle=getattr(args, "fault_throttle", None),
+        close_after=getattr(args, "fault_close_after", None),
+        reset_after=getattr(args, "fault_reset_after", None),
+        stall_after=getattr(args, "fault_stall_after", None),
+        fraction=getattr(args, "fault_fraction", 1.0),
+        seed=getattr(args, "fault_seed", None),
+    )
+    return faults if faults.active else None

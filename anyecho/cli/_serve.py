@@ -1,0 +1,462 @@
+"""``anyecho serve``: its options, the settings they make, and the run until stopped.
+
+Each option that is a setting of :class:`~anyecho.ServerConfig` has the setting's
+name as its destination and the setting's default as its own (read from the
+dataclass, never written twice); its type checks the syntax only, and
+:class:`~anyecho.ServerConfig` decides what is valid, its :exc:`ValueError` being
+the usage error. A stop by SIGINT, SIGTERM or SIGHUP is graceful and exits 0,
+whenever the signal comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._signals import stop_requests
+from ._args import (
+    SIZE_SYNTAX,
+    backend_name,
+    byte_rate,
+    byte_size,
+    count,
+    count_or_auto,
+    file_mode,
+    format_size,
+    host_name,
+    port_number,
+    port_set,
+    positive_seconds,
+    rate,
+    seconds,
+    zero_is_none,
+)
+from ._exit import EXIT_USAGE, CommandError
+from ._faults import add_fault_arguments, faults_from_args
+from ._logging import add_logging_arguments, configure_logging
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from .._backends import Backend
+    from .._config import ServerConfig
+    from .._server import EchoServer
+    from ..faults import Faults
+
+__all__ = [
+    "add_parser",
+    "config_from_args",
+    "leaf_exception",
+    "run_server",
+    "run_until_stopped",
+    "serve_command",
+    "setting_defaults",
+]
+
+logger = logging.getLogger("anyecho")
+
+#: The settings whose option's value is the setting itself, under its name.
+DIRECT_SETTINGS = (
+    "unix_mode",
+    "udp",
+    "reuse_port",
+    "tls_handshake_timeout",
+    "max_connections",
+    "max_connections_per_source",
+    "idle_timeout",
+    "drain_timeout",
+    "receive_size",
+    "udp_blocked_ports",
+)
+
+
+def setting_defaults() -> dict[str, Any]:
+    """The default of each :class:`~anyecho.ServerConfig` setting, by name."""
+    from .._config import ServerConfig
+
+    defaults: dict[str, Any] = {}
+    for field in dataclasses.fields(ServerConfig):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def _no_limit(value: object) -> object:
+    """A default as the command line writes it: ``None`` (no limit) is 0."""
+    return 0 if value is None else value
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``serve`` command to ``anyecho``'s subcommands."""
+    default = setting_defaults()
+    blocked = default["udp_blocked_ports"]
+    amplifiers = " ".join(str(port) for port in sorted(blocked) if port > 1023)
+    byte_rate_limit = default["udp_byte_rate"]
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve echo until stopped (Ctrl-C, SIGTERM or SIGHUP)",
+        description="Serve RFC 862 echo over TCP, TLS, Unix sockets and UDP. Stops "
+        "gracefully on SIGINT, SIGTERM or SIGHUP, and exits 0: new connections are "
+        "refused, open ones may finish within --drain-timeout; a second signal "
+        "stops at once.",
+    )
+    where = parser.add_argument_group("where to listen")
+    where.add_argument(
+        "--host",
+        action="append",
+        type=host_name,
+        metavar="HOST",
+        help="interface to listen on; repeat for several, '*' for every interface "
+        f"(IPv4 and IPv6). Default: {default['host']}",
+    )
+    where.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        help=f"TCP (and UDP) port; 0 picks a free one (default: {default['port']}; "
+        "with --unix and no --host or --port, no TCP at all)",
+    )
+    where.add_argument(
+        "--unix",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also listen on this Unix socket (repeatable); a stale socket file "
+        "is replaced, one a live server holds is an error; removed on exit",
+    )
+    where.add_argument(
+        "--unix-mode",
+        dest="unix_mode",
+        type=file_mode,
+        default=default["unix_mode"],
+        metavar="MODE",
+        help=f"permissions of the Unix socket file, in octal (default: "
+        f"{default['unix_mode']:o})",
+    )
+    where.add_argument(
+        "--udp",
+        action="store_true",
+        default=default["udp"],
+        help="also serve datagram echo on the same host(s) and port; off by "
+        "default, as UDP echo can be abused for reflection",
+    )
+    where.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=default["reuse_port"],
+        help="bind with SO_REUSEPORT, so that several servers share the port",
+    )
+
+    tls = parser.add_argument_group("TLS (every TCP listener speaks TLS)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
+    tls.add_argument(
+        "--tls-key", metavar="FILE", help="private key (PEM), if not in --tls-cert"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by these CAs (PEM)",
+    )
+    tls.add_argument(
+        "--tls-handshake-timeout",
+        type=seconds,
+        default=default["tls_handshake_timeout"],
+        metavar="SECONDS",
+        help="time a client has to complete the handshake (default: %(default)s)",
+    )
+
+    limits = parser.add_argument_group(
+        "limits and timeouts", f"Sizes and rates: {SIZE_SYNTAX}."
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=zero_is_none(count),
+        default=default["max_connections"],
+        metavar="N",
+        help="connections served at once; at the limit new clients wait in the "
+        "listen queue; 0 for no limit (default: "
+        f"{_no_limit(default['max_connections'])})",
+    )
+    limits.add_argument(
+        "--max-connections-per-source",
+        type=zero_is_none(count_or_auto),
+        default=default["max_connections_per_source"],
+        metavar="N",
+        help="connections served at once from one IP address; past it a client "
+        "waits, and past twice it is reset; 'auto' is a tenth of "
+        "--max-connections, at least 10; 0 for no limit (default: "
+        f"{_no_limit(default['max_connections_per_source'])})",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=zero_is_none(seconds),
+        default=default["idle_timeout"],
+        metavar="SECONDS",
+        help="close a connection that moved no byte either way for this long, "
+        "including one stuck sending to a client that does not read; 0 for never "
+        f"(default: {_no_limit(default['idle_timeout'])})",
+    )
+    limits.add_argument(
+        "--drain-timeout",
+        type=seconds,
+        default=default["drain_timeout"],
+        metavar="SECONDS",
+        help="on stop, how long open connections may finish; 0 closes them at "
+        "once (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--udp-blocked-ports",
+        type=port_set,
+        default=blocked,
+        metavar="LIST",
+        help="source ports never answered over UDP, e.g. 0-1023,1900,5353 "
+        f"(default: 0-1023 and known amplifiers: {amplifiers})",
+    )
+    limits.add_argument(
+        "--udp-rate",
+        type=rate,
+        default=default["udp_rate"].rate,
+        metavar="PER_SECOND",
+        help="datagrams answered per second per source address (default: "
+        "%(default)s, with an equal burst)",
+    )
+    limits.add_argument(
+        "--udp-byte-rate",
+        type=byte_rate,
+        default=byte_rate_limit.rate,
+        metavar="BYTES_PER_S",
+        help="bytes answered per second per source address, with a burst of half "
+        "as many, at least 64 KiB (default: "
+        f"{format_size(int(byte_rate_limit.rate))})",
+    )
+    limits.add_argument(
+        "--receive-size",
+        type=byte_size,
+        default=default["receive_size"],
+        metavar="BYTES",
+        help="most bytes read per receive (default: "
+        f"{format_size(default['receive_size'])})",
+    )
+
+    run = parser.add_argument_group("running")
+    run.add_argument(
+        "--backend",
+        type=backend_name,
+        default="auto",
+        metavar="{auto,asyncio,uvloop,trio}",
+        help="event loop to run on; 'auto' picks uvloop when installed, else "
+        "asyncio; asyncio:MODULE:FACTORY runs any other asyncio loop "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--workers",
+        type=count,
+        default=0,
+        metavar="N",
+        help="run N server processes sharing the port (SO_REUSEPORT, Linux) "
+        "under one supervisor that forwards signals and replaces a worker that "
+        "dies; 0 for a single process (default); at most 8 per CPU (64 on "
+        "machines with fewer than 8 CPUs)",
+    )
+    # Set by the supervisor for its workers: the pipe to report listening on,
+    # and the pipe whose end means that the supervisor died.
+    run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--stats-interval",
+        type=positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="log a line of counters this often (a summary is always logged on exit)",
+    )
+    add_fault_arguments(parser)
+    add_logging_arguments(parser)
+    parser.set_defaults(command=serve_command, stop_signals=True)
+
+
+def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerConfig:
+    """The server settings the options describe (``ValueError`` if invalid)."""
+    from .._config import RateLimit, ServerConfig
+    from .._tls import tls_server_context
+
+    tcp = bool(args.host) or args.port is not None or not args.unix
+    if args.udp and not tcp:
+        raise ValueError("--udp needs TCP's --host/--port (it shares the TCP port)")
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca needs --tls-cert")
+    settings: dict[str, Any] = {name: getattr(args, name) for name in DIRECT_SETTINGS}
+    if args.host:
+        settings["host"] = "*" if "*" in args.host else tuple(args.host)
+    if args.port is not None or not tcp:
+        settings["port"] = args.port
+    if args.tls_cert:
+        settings["ssl_context"] = tls_server_context(
+            args.tls_cert, args.tls_key, client_ca=args.tls_client_ca
+        )
+    byte_rate = args.udp_byte_rate
+    return ServerConfig(
+        **settings,
+        unix=tuple(args.unix),
+        udp_rate=RateLimit(args.udp_rate, args.udp_rate),
+        udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
+        wrap_stream=faults.stream_wrapper() if faults else None,
+    )
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``anyecho serve``: serve until stopped; the exit status."""
+    from .._backends import BackendUnavailableError, resolve_backend
+
+    if args.supervisor_fd is not None:
+        _watch_supervisor(args.supervisor_fd)
+    try:
+        backend = resolve_backend(args.backend)
+        faults = faults_from_args(args)
+        config = config_from_args(args, faults)
+        if args.workers:
+            from ._workers import check_workers
+
+            check_workers(config, args.workers)
+    except (BackendUnavailableError, ValueError) as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
+    configure_logging(args.log_level, args.log_format)
+    if stop_requests.reasons:
+        logger.info("%s: stopped before serving", stop_requests.reasons[0])
+        return 0
+    if faults:
+        logger.info("injecting faults: %s", faults.describe())
+    if args.workers:
+        from ._workers import supervise_serve
+
+        argv = sys.argv[2:] if args.argv is None else args.argv
+        return supervise_serve(argv, config, args.workers)
+    from .._server import EchoServer
+
+    server = EchoServer(config)
+    return run_until_stopped(
+        backend, run_server, server, args.stats_interval, args.ready_fd
+    )
+
+
+def leaf_exception(exc: BaseException) -> BaseException:
+    """The single exception inside (nested) one-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def run_until_stopped(backend: Backend, func: Callable[..., Any], *args: Any) -> int:
+    """Run ``func(*args)`` on ``backend``; failures become a :exc:`CommandError`."""
+    from .._backends import BackendUnavailableError
+
+    try:
+        backend.run(func, *args)
+    except KeyboardInterrupt:  # raised by a SIGINT handler other than ours
+        return 0
+    except BaseException as exc:
+        leaf = leaf_exception(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            return 0
+        if isinstance(leaf, OSError | ValueError | BackendUnavailableError):
+            raise CommandError(str(leaf)) from leaf
+        raise
+    return 0
+
+
+async def _stop_on_requests(server: EchoServer) -> None:
+    """Stop ``server`` on each stop request: gracefully first, then at once.
+
+    Requests recorded before this task ran (a signal during start-up) count too.
+    """
+    import anyio
+
+    wakeup = stop_requests.wakeup_fd()
+    handled = 0
+    while True:
+        while handled < len(stop_requests.reasons):
+            reason = stop_requests.reasons[handled]
+            handled += 1
+            if handled == 1:
+                logger.info("%s: stopping gracefully (send again to stop now)", reason)
+                server.stop()
+            else:
+                logger.info("%s: stopping now", reason)
+                server.stop(0)
+        await anyio.wait_readable(wakeup)
+        stop_requests.drain()
+
+
+async def _report_listening(server: EchoServer, fd: int) -> None:
+    """Tell the supervisor, through its pipe, that this worker listens."""
+    try:
+        await server.wait_listening()
+    except RuntimeError:  # failed to start: serve() raises the cause
+        return
+    with contextlib.suppress(OSError):  # if the supervisor is gone, its pipe stops us
+        os.write(fd, b"L")
+
+
+async def _log_stats(server: EchoServer, interval: float) -> None:
+    import anyio
+
+    while True:
+        await anyio.sleep(interval)
+        logger.info("stats: %s", server.stats.summary())
+
+
+async def run_server(
+    server: EchoServer,
+    stats_interval: float | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Run ``server`` until a stop request (the body of ``anyecho serve``).
+
+    Once the server has stopped, stop signals are ignored through the process's
+    exit: the stop is done, and a late signal must not change the exit status.
+    """
+    import anyio
+
+    stop_requests.install()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_requests, server)
+        if ready_fd is not None:
+            tg.start_soon(_report_listening, server, ready_fd)
+        if stats_interval:
+            tg.start_soon(_log_stats, server, stats_interval)
+        try:
+            await server.serve()
+        finally:
+            stop_requests.ignore()
+        tg.cancel_scope.cancel()
+
+
+def _watch_supervisor(fd: int) -> None:
+    """Request a stop once the supervisor's end of pipe ``fd`` closes.
+
+    The supervisor holds the only write end, so end-of-file means that it has
+    exited, however it died (``kill -9`` included): its workers then stop rather
+    than serve on as orphans.
+    """
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        stop_requests.request("supervisor exited")
+
+    threading.Thread(target=watch, name="anyecho-supervisor", daemon=True).start()

@@ -1,0 +1,80 @@
+"""Fault injection: an echo that is slow, fragmented, throttled, cut short or stuck.
+
+Each fault is a :class:`~anyio.abc.ByteStream` wrapper that the server applies
+around a connection (through :attr:`ServerConfig.wrap_stream
+<anyecho.ServerConfig.wrap_stream>`) before :func:`anyecho.echo` runs on it; the
+handler itself never changes. The wrappers compose, keep backpressure (they never
+buffer: a delayed or throttled send simply takes longer, and the echo does not
+read again until it is done) and work on every AnyIO backend and transport.
+
+:class:`Faults` describes a set of faults, and on which share of the connections to
+apply them; its :meth:`~Faults.stream_wrapper` is what the server takes:
+
+.. code-block:: python
+
+    faults = Faults(delay=(0.01, 0.1), fragment=16, fraction=0.5, seed=1)
+    server = anyecho.EchoServer(host="127.0.0.1", port=0,
+                                wrap_stream=faults.stream_wrapper())
+
+The single wrappers (:func:`delay`, :func:`fragment`, :func:`throttle`,
+:func:`close_after`, :func:`reset_after`, :func:`stall_after`) can also be
+stacked by hand. :func:`add_fault_arguments` and :func:`faults_from_args` give a
+command line the same faults (``anyecho serve --delay 0.05 --fragment 16``).
+"""
+
+from __future__ import annotations
+
+from ._spec import Faults
+from ._streams import (
+    close_after,
+    default_burst,
+    delay,
+    fragment,
+    reset_after,
+    stall_after,
+    throttle,
+)
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..cli._faults import add_fault_arguments as add_fault_arguments
+    from ..cli._faults import faults_from_args as faults_from_args
+
+__all__ = [
+    "Faults",
+    "add_fault_arguments",
+    "close_after",
+    "default_burst",
+    "delay",
+    "faults_from_args",
+    "fragment",
+    "reset_after",
+    "stall_after",
+    "throttle",
+]
+
+
+def _public_module() -> None:
+    """Make each public name report this module, not the private one it is in."""
+    import typing
+
+    Faults.__annotations__ = typing.get_type_hints(Faults, include_extras=True)
+    public = (Faults, close_after, default_burst, delay, fragment, reset_after)
+    for value in (*public, stall_after, throttle):
+        value.__module__ = __name__
+
+
+_public_module()
+
+#: The command-line glue lives with the command line; these names stay here too.
+_COMMAND_LINE = ("add_fault_arguments", "faults_from_args")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _COMMAND_LINE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ..cli import _faults
+
+    return getattr(_faults, name)

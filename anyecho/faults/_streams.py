@@ -1,0 +1,347 @@
+"""The fault wrappers: streams that are slow, fragmented, throttled, cut short or stuck.
+
+Each is a :class:`~anyecho.StreamWrapper` around one connection's stream; the
+functions here check their arguments and build one. :mod:`._spec` combines them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Literal
+
+import anyio
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
+from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.tls import TLSAttribute
+
+from .._wrap import StreamWrapper as _Wrapper
+
+__all__ = [
+    "Delay",
+    "check_count",
+    "check_delay",
+    "check_rate",
+    "check_seconds",
+    "close_after",
+    "default_burst",
+    "delay",
+    "fragment",
+    "reset_after",
+    "stall_after",
+    "throttle",
+]
+
+logger = logging.getLogger("anyecho.faults")
+
+#: A fixed delay in seconds, or the ``(min, max)`` range a random delay is drawn from.
+Delay = float | tuple[float, float]
+
+CutoffMode = Literal["close", "reset", "stall"]
+
+
+# --- validation ---------------------------------------------------------------
+
+
+def check_seconds(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"invalid {name} {value!r}: expected seconds >= 0")
+    return float(value)
+
+
+def check_delay(value: object) -> Delay:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        if len(value) != 2:
+            raise ValueError(f"invalid delay {value!r}: expected seconds or (min, max)")
+        low = check_seconds("delay", value[0])
+        high = check_seconds("delay", value[1])
+        if low > high:
+            raise ValueError(f"invalid delay {value!r}: min is above max")
+        return (low, high)
+    return check_seconds("delay", value)
+
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"invalid {name} {value!r}: expected an integer >= {minimum}")
+    return value
+
+
+def check_rate(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"invalid throttle {value!r}: expected bytes/s > 0")
+    return float(value)
+
+
+def default_burst(rate: float) -> int:
+    """The burst :func:`throttle` allows by default: 0.1 s worth, 1 B to 64 KiB.
+
+    .. code-block:: python
+
+        assert default_burst(64 * 1024) == 6553
+    """
+    return max(1, min(int(rate / 10), 65536))
+
+
+# --- the wrappers -------------------------------------------------------------
+
+
+class _Delayed(_Wrapper):
+    def __init__(
+        self, stream: ByteStream, low: float, high: float, rng: random.Random
+    ) -> None:
+        super().__init__(stream)
+        self._low = low
+        self._high = high
+        self._rng = rng
+
+    async def send(self, item: bytes) -> None:
+        low, high = self._low, self._high
+        await anyio.sleep(low if low == high else self._rng.uniform(low, high))
+        await self.stream.send(item)
+
+
+class _Fragmented(_Wrapper):
+    def __init__(self, stream: ByteStream, size: int, pause: float) -> None:
+        super().__init__(stream)
+        self._size = size
+        self._pause = pause
+        self._started = False
+
+    async def send(self, item: bytes) -> None:
+        size, pause, send = self._size, self._pause, self.stream.send
+        for start in range(0, len(item), size):
+            if pause and self._started:
+                await anyio.sleep(pause)
+            self._started = True
+            await send(item if len(item) <= size else item[start : start + size])
+
+
+class _Throttled(_Wrapper):
+    def __init__(self, stream: ByteStream, rate: float, burst: int) -> None:
+        super().__init__(stream)
+        self._rate = rate
+        self._burst = burst
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+
+    def _refill(self) -> float:
+        now = anyio.current_time()
+        if self._stamp is not None:
+            elapsed = now - self._stamp
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        self._stamp = now
+        return self._tokens
+
+    async def send(self, item: bytes) -> None:
+        burst, send = self._burst, self.stream.send
+        for start in range(0, len(item), burst):
+            piece = item if len(item) <= burst else item[start : start + burst]
+            missing = len(piece) - self._refill()
+            if missing > 0:
+                await anyio.sleep(missing / self._rate)
+                self._refill()
+            # A timer that fires a little early leaves a small debt, which the
+            # next piece waits off.
+            self._tokens -= len(piece)
+            await send(piece)
+
+
+class _Cutoff(_Wrapper):
+    """Echo ``limit`` bytes, then close, reset or stall (reading no further)."""
+
+    def __init__(self, stream: ByteStream, limit: int, mode: CutoffMode) -> None:
+        super().__init__(stream)
+        self._left = limit
+        self._limit = limit
+        self._mode = mode
+        self._cut = False
+        self._closed = False
+
+    async def _cut_now(self) -> None:
+        if self._cut:
+            return
+        self._cut = True
+        logger.debug("fault: %s after %d bytes", self._mode, self._limit)
+        if self._mode == "close":
+            try:
+                await self.stream.send_eof()
+            except NotImplementedError:  # TLS has no half-close
+                self._closed = True
+                await self._close_tls()
+        elif self._mode == "reset":
+            self._closed = True
+            sock = self.stream.extra(SocketAttribute.raw_socket, None)
+            if sock is not None:
+                try:
+                    linger = struct.pack("ii", 1, 0)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                except OSError:  # already gone
+                    pass
+            await anyio.aclose_forcefully(self.stream)
+
+    async def _close_tls(self) -> None:
+        """Send close_notify and close; what the peer still sends may prevent it."""
+        ssl_object = self.stream.extra(TLSAttribute.ssl_object, None)
+        try:
+            # The unread rest of a record would make the closing handshake fail
+            # (application data after close_notify): read and discard it first.
+            while ssl_object is not None and (pending := ssl_object.pending()):
+                await self.stream.receive(pending)
+            await self.stream.aclose()
+        except (OSError, BrokenResourceError, EndOfStream):
+            # More data arrived, or the peer left: closed without the handshake.
+            await anyio.aclose_forcefully(self.stream)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._left > 0:
+            return await self.stream.receive(min(max_bytes, self._left))
+        await self._cut_now()
+        if self._mode == "stall":
+            await anyio.sleep_forever()
+        if not self._closed:
+            # A lingering close: discard what the peer still sends until it ends
+            # its side, so that closing does not turn into a reset.
+            try:
+                while True:
+                    await self.stream.receive(max_bytes)
+            except EndOfStream:
+                pass
+        raise EndOfStream
+
+    async def send(self, item: bytes) -> None:
+        if self._cut:
+            if self._mode == "stall":
+                await anyio.sleep_forever()
+            raise ClosedResourceError
+        allowed = item if len(item) <= self._left else item[: self._left]
+        if allowed:
+            await self.stream.send(allowed)
+            self._left -= len(allowed)
+        if self._left == 0:
+            if self._mode == "stall":
+                if len(allowed) < len(item):
+                    await anyio.sleep_forever()
+                return
+            await self._cut_now()
+
+    async def send_eof(self) -> None:
+        if not self._cut:
+            await self.stream.send_eof()
+
+
+def delay(
+    stream: ByteStream, seconds: Delay, *, rng: random.Random | None = None
+) -> ByteStream:
+    """Hold each chunk sent on ``stream`` for ``seconds`` before sending it.
+
+    :param seconds: a fixed delay, or a ``(min, max)`` range to draw each chunk's
+        delay from (uniformly)
+    :param rng: the random generator for a range (default: a new, unseeded one)
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: delay(s, (0.01, 0.1)))
+    """
+    checked = check_delay(seconds)
+    low, high = checked if isinstance(checked, tuple) else (checked, checked)
+    return _Delayed(stream, low, high, rng or random.Random())  # noqa: S311
+
+
+def fragment(stream: ByteStream, size: int, *, pause: float = 0.0) -> ByteStream:
+    """Send in pieces of at most ``size`` bytes, each ``pause`` seconds after the last.
+
+    With a pause, the wrapper sleeps before every piece but the first on the
+    stream, so pieces go out at least ``pause`` apart and stay separate on the wire
+    (the server's sockets use ``TCP_NODELAY``); without one, the pieces are separate
+    sends that the network may join again.
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: fragment(s, 1, pause=0.01))
+    """
+    size = check_count("fragment size", size, 1)
+    pause = check_seconds("fragment pause", pause)
+    return _Fragmented(stream, size, pause)
+
+
+def throttle(
+    stream: ByteStream, rate: float, *, burst: int | None = None
+) -> ByteStream:
+    """Send at most ``rate`` bytes per second (a token bucket).
+
+    Up to ``burst`` bytes may go out at once (default: :func:`default_burst`);
+    larger chunks are sent in pieces of that size.
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: throttle(s, 64 * 1024))
+    """
+    rate = check_rate(rate)
+    if burst is None:
+        burst = default_burst(rate)
+    return _Throttled(stream, rate, check_count("throttle burst", burst, 1))
+
+
+def close_after(stream: ByteStream, nbytes: int) -> ByteStream:
+    """Send ``nbytes`` bytes in all, then end the stream cleanly (EOF).
+
+    The peer sees exactly the first ``nbytes`` bytes and then the end of the
+    stream. What it sends afterwards is read and discarded until it closes its
+    side, so that closing never turns into a reset. ``nbytes=0`` closes a new
+    connection before echoing anything.
+
+    TLS has no half-close: the stream sends its ``close_notify`` and waits for the
+    peer's, as any TLS close does. A peer that is still sending by then may see
+    the connection reset instead.
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: close_after(s, 1024))
+    """
+    return _Cutoff(stream, check_count("close_after", nbytes, 0), "close")
+
+
+def reset_after(stream: ByteStream, nbytes: int) -> ByteStream:
+    """Send ``nbytes`` bytes in all, then reset the connection (TCP RST).
+
+    It sets ``SO_LINGER`` to ``(1, 0)`` on the socket and closes it, so the peer
+    gets a connection reset rather than an end of stream; bytes still in flight
+    may be lost, as with any reset. Unix sockets have no reset: the peer sees the
+    end of the stream, or a reset if the server left data unread. Streams without
+    a socket are just closed.
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: reset_after(s, 1024))
+    """
+    return _Cutoff(stream, check_count("reset_after", nbytes, 0), "reset")
+
+
+def stall_after(stream: ByteStream, nbytes: int) -> ByteStream:
+    """Echo ``nbytes`` bytes in all, then hang: read nothing, send nothing, keep open.
+
+    The server reads no more than it echoes, so the peer's sends fill the socket
+    buffers and then block, as with a server that stopped responding. The
+    connection stays open until the server's ``idle_timeout`` ends it, or the
+    server stops (giving up on it after its drain timeout).
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: stall_after(s, 0))
+    """
+    return _Cutoff(stream, check_count("stall_after", nbytes, 0), "stall")
