@@ -4,7 +4,7 @@
   3.13 times asyncio, uvloop and trio. Interpreters missing here are skipped, except
   under CI=true, where a missing one fails the run.
 - coverage: combines what the test sessions measured, and fails under the floor.
-- lint: ruff check and ruff format --check.
+- lint: ruff check, ruff format --check, and the import contracts (lint-imports).
 - typecheck: mypy --strict over the package, the tests and this file.
 - docs: the Sphinx site, warnings as errors, and its code examples run.
 
@@ -68,10 +68,11 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff: lint rules and formatting."""
+    """ruff: lint rules and formatting; lint-imports: the layers of the package."""
     session.install(*group("lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python="3.11")

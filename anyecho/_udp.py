@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,7 +29,6 @@ __all__ = [
     "SEND_BUFFER_FULL",
     "SEND_ERROR",
     "UDPGuard",
-    "parse_port_set",
 ]
 
 logger = logging.getLogger("anyecho")
@@ -54,23 +52,6 @@ _BUFFER_SIZE = 65536
 _SOCKET_GONE = frozenset({errno.EBADF, errno.ENOTSOCK})
 
 _MSG_ERRQUEUE: int = getattr(socket, "MSG_ERRQUEUE", 0)
-
-
-def parse_port_set(text: str) -> frozenset[int]:
-    """Parse ``"0-1023,1900,5353"`` into a set of ports (``ValueError`` if bad)."""
-    ports: set[int] = set()
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
-        if not match:
-            raise ValueError(f"invalid port list item {item!r}: expected N or N-M")
-        low = int(match.group(1))
-        high = int(match.group(2) or low)
-        if not 0 <= low <= high <= 65535:
-            raise ValueError(
-                f"invalid port range {item!r}: expected 0 <= N <= M <= 65535"
-            )
-        ports.update(range(low, high + 1))
-    return frozenset(ports)
 
 
 class _Buckets:

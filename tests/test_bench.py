@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from anyecho._args import format_size, parse_size
 from anyecho.bench import cli, render
 from anyecho.bench.histogram import Histogram
 from anyecho.bench.plan import Settings, Workload, schedule
 from anyecho.bench.report import SCHEMA
 from anyecho.bench.runner import split_connections
-from anyecho.cli._args import format_size, parse_size
 
 SERVERS = ("anyecho-asyncio", "tutorial", "broken", "broken-die")
 FAULTY = {"broken", "broken-die"}

@@ -186,7 +186,7 @@ def test_one_size_grammar_everywhere(text: str, size: int) -> None:
 
 
 def test_sizes_have_the_same_help_everywhere() -> None:
-    from anyecho.cli._args import SIZE_SYNTAX
+    from anyecho._args import SIZE_SYNTAX
 
     text = " ".join(build_parser().format_help().split())
     serve = " ".join(main_help("serve").split())

@@ -20,8 +20,9 @@ import anyio
 import pytest
 
 from anyecho import RateLimit
+from anyecho._args import parse_port_set
 from anyecho._stats import ServerStats
-from anyecho._udp import UDPGuard, _Responder, parse_port_set, serve_udp
+from anyecho._udp import UDPGuard, _Responder, serve_udp
 from anyecho.testing import RunningServer, serving
 
 from .utils import TIMEOUT, needs_ipv6, random_bytes

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli._args import (
+from .._args import (
     SIZE_SYNTAX,
     byte_size,
     count,

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli._args import (
+from .._args import (
     SIZE_SYNTAX,
     byte_size,
     format_size,

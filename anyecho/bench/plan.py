@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..cli._args import format_size
+from .._args import format_size
 
 __all__ = [
     "DEFAULT_CONNECTIONS",

@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._signals import stop_requests
-from ._args import (
+from .._args import (
     SIZE_SYNTAX,
     backend_name,
     byte_rate,
@@ -38,8 +37,9 @@ from ._args import (
     seconds,
     zero_is_none,
 )
+from .._signals import stop_requests
+from ..faults import add_fault_arguments, faults_from_args
 from ._exit import EXIT_USAGE, CommandError
-from ._faults import add_fault_arguments, faults_from_args
 from ._logging import add_logging_arguments, configure_logging
 
 if sys.version_info < (3, 11):

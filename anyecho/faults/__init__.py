@@ -24,6 +24,7 @@ command line the same faults (``anyecho serve --delay 0.05 --fragment 16``).
 
 from __future__ import annotations
 
+from ._args import add_fault_arguments, faults_from_args
 from ._spec import Faults
 from ._streams import (
     close_after,
@@ -34,13 +35,6 @@ from ._streams import (
     stall_after,
     throttle,
 )
-
-TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
-if TYPE_CHECKING:
-    from typing import Any
-
-    from ..cli._faults import add_fault_arguments as add_fault_arguments
-    from ..cli._faults import faults_from_args as faults_from_args
 
 __all__ = [
     "Faults",
@@ -62,19 +56,9 @@ def _public_module() -> None:
 
     Faults.__annotations__ = typing.get_type_hints(Faults, include_extras=True)
     public = (Faults, close_after, default_burst, delay, fragment, reset_after)
-    for value in (*public, stall_after, throttle):
+    glue = (add_fault_arguments, faults_from_args)
+    for value in (*public, stall_after, throttle, *glue):
         value.__module__ = __name__
 
 
 _public_module()
-
-#: The command-line glue lives with the command line; these names stay here too.
-_COMMAND_LINE = ("add_fault_arguments", "faults_from_args")
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _COMMAND_LINE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from ..cli import _faults
-
-    return getattr(_faults, name)

@@ -3,7 +3,7 @@
 :func:`add_fault_arguments` adds them to a parser and :func:`faults_from_args`
 reads them back as a :class:`~anyecho.Faults`; both are also importable from
 :mod:`anyecho.faults`. Sizes, rates and counts are written as every other option
-writes them (:mod:`._args`).
+writes them (``anyecho._args``, the one grammar of every command's options).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..faults._spec import Faults
-from ..faults._streams import Delay
-from ._args import NUMBER, SIZE_SYNTAX, byte_count, byte_rate, fraction, seed
+from .._args import NUMBER, SIZE_SYNTAX, byte_count, byte_rate, fraction, seed
+from ._spec import Faults
+from ._streams import Delay
 
 __all__ = [
     "add_fault_arguments",

@@ -33,6 +33,7 @@ __all__ = [
     "fraction",
     "host_name",
     "parse_number",
+    "parse_port_set",
     "parse_size",
     "port_number",
     "port_set",
@@ -245,10 +246,25 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def parse_port_set(text: str) -> frozenset[int]:
+    """Parse ``"0-1023,1900,5353"`` into a set of ports (``ValueError`` if bad)."""
+    ports: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if not match:
+            raise ValueError(f"invalid port list item {item!r}: expected N or N-M")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not 0 <= low <= high <= 65535:
+            raise ValueError(
+                f"invalid port range {item!r}: expected 0 <= N <= M <= 65535"
+            )
+        ports.update(range(low, high + 1))
+    return frozenset(ports)
+
+
 def port_set(text: str) -> frozenset[int]:
     """A port list such as ``0-1023,1900``."""
-    from .._udp import parse_port_set
-
     return _argument(parse_port_set, text)
 
 
@@ -278,7 +294,7 @@ def host_name(text: str) -> str:
 
 def backend_name(text: str) -> str:
     """A backend name; whether it can run is checked once the options are parsed."""
-    from .._backends import BACKEND_NAMES
+    from ._backends import BACKEND_NAMES
 
     if text in BACKEND_NAMES or text.startswith("asyncio:"):
         return text
