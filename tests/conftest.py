@@ -17,10 +17,6 @@ import pytest
 from .processes import ServerProcess
 from .utils import require_module
 
-# Still importable from here while test_entrypoints.py imports it so; it lives in
-# utils, where the test modules import their helpers from.
-__all__ = ["require_module"]
-
 BACKEND_NAMES = ("asyncio", "uvloop", "trio")
 
 

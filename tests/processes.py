@@ -92,6 +92,8 @@ class ServerProcess:
 
 
 def echo_once(port: int, payload: bytes) -> bytes:
+    """One exchange on 127.0.0.1 with a client that shares no code with the server:
+    the socket module."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)

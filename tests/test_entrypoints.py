@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
 from typing import Any
 
 import anyio
@@ -17,19 +16,8 @@ import pytest
 
 import anyecho
 
-from .conftest import require_module
-from .utils import TIMEOUT
-
-
-def blocking_echo(host: str, port: int, payload: bytes) -> bytes:
-    """A client that shares no code with the server: the socket module."""
-    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
+from .processes import echo_once
+from .utils import TIMEOUT, require_module
 
 
 def test_asyncio_run() -> None:
@@ -133,7 +121,7 @@ def test_anyio_run(
             [address] = await tg.start(server.serve)
             assert address.host is not None
             echoed = await anyio.to_thread.run_sync(
-                blocking_echo, address.host, address.port, b"hello from anyio"
+                echo_once, address.port, b"hello from anyio"
             )
             server.stop()
         return echoed

@@ -51,8 +51,10 @@ def test_unix_socket_served_and_removed(run: Run, backend_name: str) -> None:
             os.unlink(path)
 
 
-def test_tls_options(run: Run, tmp_path: Path, backend_name: str) -> None:
-    ca = trustme.CA()
+def test_tls_options(
+    run: Run, tmp_path: Path, backend_name: str, anyecho_ca: trustme.CA
+) -> None:
+    ca = anyecho_ca
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))

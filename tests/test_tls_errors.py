@@ -41,9 +41,9 @@ class Files:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+def files(tmp_path_factory: pytest.TempPathFactory, anyecho_ca: trustme.CA) -> Files:
     d = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
+    ca = anyecho_ca
     issued = ca.issue_cert("localhost")
     issued.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
     issued.private_key_pem.write_to_path(str(d / "key.pem"))
