@@ -69,14 +69,17 @@ Start = Callable[[socket.socket, Any, "str | None"], None]
 class Admission:
     """The connection limits: a global one, and one per source address.
 
-    Each accepted socket holds a slot of the global limit until it ends. Under
-    the per-source limit a connection starts at once; over it, it waits,
+    Each connection served holds a slot of the global limit until it ends.
+    Under the per-source limit a connection starts at once; over it, it waits,
     accepted but not read (as a client waits in the listen queue at the global
-    limit), until one of its source's connections ends; up to as many waiters
-    as the limit, past which it is reset. Waiters hold their global slot too, so
-    a source holds at most twice its limit in all; and a flood of connections
-    that are already dead (reset before the server got to them) delays the next
-    client instead of turning it away, because dead waiters are pruned first.
+    limit), until one of its source's connections ends, and then takes over
+    that connection's slot. Waiters hold no slot, so a source never holds more
+    than its limit of the global one; and as many may wait, from all sources
+    together, as the per-source limit (past that a newcomer over its source's
+    limit is reset), so waiting costs a bounded number of descriptors. A flood
+    of connections that are already dead (reset, or closed without a byte,
+    before the server got to them) delays the next client instead of turning it
+    away, because dead waiters are pruned first.
 
     :param max_connections: the global limit, or ``None``
     :param per_source: the per-source limit, or ``None``
@@ -95,6 +98,7 @@ class Admission:
         #: open connections per source address, and the ones waiting for a slot
         self._sources: dict[str, int] = {}
         self._waiting: dict[str, deque[tuple[socket.socket, Any]]] = {}
+        self._waiters = 0
         #: starts a connection's task (set by the server while it serves)
         self.start: Start | None = None
         self._log_refused = LogLimiter(
@@ -144,11 +148,12 @@ class Admission:
         if held < limit:
             self._sources[source] = held + 1
             return True, source
-        waiting = self._waiting.setdefault(source, deque())
-        if len(waiting) >= limit:
-            self._prune(waiting)
-        if len(waiting) < limit:
-            waiting.append((client, peer))
+        if self._waiters >= limit:
+            self._prune()
+        if self._waiters < limit:
+            self._waiting.setdefault(source, deque()).append((client, peer))
+            self._waiters += 1
+            self.release_slot()  # a waiter holds none
             self._log_waits(
                 "%s: at the per-source limit (%d connections); a client waits",
                 source,
@@ -159,58 +164,71 @@ class Admission:
         return False, source
 
     def release(self, source: str | None) -> None:
-        """A connection ended: free its slot, and start its source's next waiter."""
+        """A connection ended: its source's next waiter takes over its slot, if
+        one waits; else the slot is freed."""
+        if source is not None:
+            waiting = self._waiting.get(source)
+            if waiting and self.start is not None:
+                client, peer = waiting.popleft()
+                self._waiters -= 1
+                if not waiting:
+                    del self._waiting[source]
+                self.start(client, peer, source)  # the slot and count carry over
+                return
+            held = self._sources[source] - 1
+            if held:
+                self._sources[source] = held
+            else:
+                del self._sources[source]
         self.release_slot()
-        if source is None:
-            return
-        waiting = self._waiting.get(source)
-        if waiting and self.start is not None:
-            client, peer = waiting.popleft()
+
+    def _prune(self) -> None:
+        """Drop the waiters whose peer has gone already (one peek each).
+
+        Gone: reset, or closed without sending a byte. A peer that sent bytes
+        (and then perhaps half-closed) waits on for its echo.
+        """
+        for source in list(self._waiting):
+            waiting = self._waiting[source]
+            for _ in range(len(waiting)):
+                client, peer = waiting.popleft()
+                try:
+                    alive = client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    alive = b"?"
+                except OSError:
+                    alive = b""
+                if alive:
+                    waiting.append((client, peer))
+                    continue
+                client.close()
+                self._waiters -= 1
+                self._stats.turned_away("reset")
             if not waiting:
                 del self._waiting[source]
-            self.start(client, peer, source)  # its slot and count carry over
-            return
-        held = self._sources[source] - 1
-        if held:
-            self._sources[source] = held
-        else:
-            del self._sources[source]
-
-    def _prune(self, waiting: deque[tuple[socket.socket, Any]]) -> None:
-        """Drop the waiters whose peer has reset them already (one peek each)."""
-        for _ in range(len(waiting)):
-            client, peer = waiting.popleft()
-            try:
-                client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
-            except OSError:
-                client.close()
-                self.release_slot()
-                self._stats.turned_away("reset")
-                continue
-            waiting.append((client, peer))
 
     def _refuse(self, client: socket.socket, source: str) -> None:
-        """Reset a connection past the per-source limit and its waiters, at once."""
+        """Reset a connection past the per-source limit, when too many wait."""
         with contextlib.suppress(OSError):
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         client.close()
         self.release_slot()
         self._stats.turned_away("source-limit")
         self._log_refused(
-            "%s: over the per-source limit (%d connections, as many waiting); reset",
+            "%s: over the per-source limit (%d connections) with no room to wait; "
+            "reset",
             source,
             self.per_source,
         )
 
     def close_waiters(self) -> None:
-        """Close the connections still waiting for a per-source slot (a stop)."""
+        """Start no more waiters, and close those that wait (a stop)."""
+        self.start = None
         for waiting in self._waiting.values():
             for client, _ in waiting:
                 client.close()
-                self.release_slot()
         self._waiting.clear()
+        self._waiters = 0
 
 
 async def accept_loop(

@@ -119,8 +119,8 @@ class ServerConfig:
     :param host: the interface(s) to listen on for TCP: a host name or address, or
         a sequence of them. The default is the loopback address ``127.0.0.1``:
         reachable from this machine only. ``"*"`` (or ``None``) listens on every
-        interface, IPv4 and IPv6 (one dual-stack socket where the system supports
-        it): ask for it explicitly to serve the network.
+        interface, IPv4 and IPv6 (one socket for each family the system has):
+        ask for it explicitly to serve the network.
     :param port: the TCP port; ``0`` picks a free one (the same one for every
         host); ``None`` serves no TCP (only the Unix sockets)
     :param backlog: the listen queue length, for each listening socket
@@ -192,7 +192,7 @@ class ServerConfig:
         host: Any = self.host
         if isinstance(host, Sequence) and not isinstance(host, str):
             hosts = tuple(host)
-            if not hosts or not all(isinstance(h, str) and h for h in hosts):
+            if not hosts or not all(isinstance(h, str) and h.strip() for h in hosts):
                 raise ValueError(f"invalid host list {host!r}")
             if EVERY_INTERFACE in hosts and len(hosts) > 1:
                 raise ValueError(
@@ -201,7 +201,7 @@ class ServerConfig:
             object.__setattr__(
                 self, "host", None if EVERY_INTERFACE in hosts else hosts
             )
-        elif host is not None and (not isinstance(host, str) or not host):
+        elif host is not None and (not isinstance(host, str) or not host.strip()):
             raise ValueError(f"invalid host {host!r}: expected a name or an address")
         elif host == EVERY_INTERFACE:
             object.__setattr__(self, "host", None)

@@ -76,9 +76,10 @@ class LogLimiter:
         if self._suppressed:
             self._logger.log(
                 self._level,
-                "%d more %s in the last %gs (not logged one by one)",
+                "%d more %s, not logged one by one (at most %d every %gs are)",
                 self._suppressed,
                 self._what,
+                self._burst,
                 self._window,
             )
             self._suppressed = 0

@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Callable, Generator
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio import TASK_STATUS_IGNORED, CancelScope, create_task_group
@@ -148,6 +148,8 @@ class EchoServer:
         if grace < 0:
             raise ValueError(f"grace must be >= 0, not {grace}")
         first = self._stop_requested is None
+        if not first:  # a later stop may shorten the grace, never lengthen it
+            grace = min(grace, cast(float, self._stop_requested))
         self._stop_requested = grace
         if self._accept_scope is not None:
             self._accept_scope.cancel()
@@ -205,13 +207,13 @@ class EchoServer:
 
                     self._admission.start = start
                     await self._accepting(streams, datagrams, start, task_status)
-                    # Stopping: no new connections; the listeners close now.
+                    # Stopping: no new connections, and none of those waiting at
+                    # the per-source limit; the listeners close now.
+                    self._admission.close_waiters()
                     sockets.close()
                     self._drain(connections)
                     self._draining_event().set()
                 self._connections_scope = None
-                self._admission.start = None
-                self._admission.close_waiters()
                 services.cancel_scope.cancel()
         self._admission.flush_logs()
         self._connections.flush_logs()

@@ -52,7 +52,10 @@ class TrioStream(SocketStream):
         return self._written
 
     def _convert(self, exc: BaseException) -> NoReturn:
-        # As AnyIO's Trio stream converts them.
+        # As AnyIO's Trio stream converts them; anything else (a cancellation)
+        # goes on as it is.
+        if not isinstance(exc, OSError | trio.ClosedResourceError):
+            raise exc
         if isinstance(exc, trio.ClosedResourceError):
             raise ClosedResourceError from exc
         if self._closed and self._sock.fileno() < 0:
@@ -83,6 +86,12 @@ class TrioStream(SocketStream):
         self._sending = True
         try:
             view = memoryview(item)
+            if not view:
+                # Nothing to send is still a checkpoint, and still an error on
+                # a closed stream.
+                await trio.lowlevel.checkpoint()
+                if self._closed:
+                    raise ClosedResourceError
             send = self._sock.send
             while view:
                 try:

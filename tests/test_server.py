@@ -342,3 +342,16 @@ async def test_property_tcp_chunks_round_trip(
         async with await shared_server.connect() as stream:
             echoed = await exchange(stream, pieces)
     assert echoed == payload
+
+
+async def test_a_later_stop_never_lengthens_the_grace() -> None:
+    server = EchoServer(host="127.0.0.1", port=0, drain_timeout=3600)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            [address] = await tg.start(server.serve)
+            stream = await connect(address)
+            await stream.send(b"open")
+            server.stop(0)
+            server.stop()  # the default grace: an hour, unless it stayed 0
+        assert await read_to_end(stream) in (b"", b"open")
+        await stream.aclose()

@@ -37,3 +37,25 @@ def test_worker_count_is_bounded() -> None:
         assert f"--workers 100000: at most {max_workers()}" in line
     else:
         assert "SO_REUSEPORT" in line
+
+
+@pytest.mark.parametrize("argv", [["--work", "2"], ["--po", "0"], ["--max-conn", "5"]])
+def test_options_are_never_abbreviated(argv: list[str]) -> None:
+    # A worker gets every option but --workers and --port, spelt out: an
+    # abbreviation would reach every worker, each of which would start workers.
+    status, line = one_line_error("serve", *argv)
+    assert status == 2
+    assert f"unrecognized arguments: {' '.join(argv)}" in line
+
+
+def test_a_worker_cannot_start_workers() -> None:
+    read, write = os.pipe()
+    try:
+        status, line = one_line_error(
+            "serve", "--port", "0", "--workers", "2", "--supervisor-fd", str(read)
+        )
+    finally:
+        os.close(read)
+        os.close(write)
+    assert status == 2
+    assert "a worker cannot start workers of its own" in line

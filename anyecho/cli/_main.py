@@ -26,7 +26,16 @@ __all__ = ["build_parser", "main"]
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, without the usage dump, and
-    with the prefix of every other error (a subcommand's parser too)."""
+    with the prefix of every other error (a subcommand's parser too).
+
+    Options are never abbreviated: ``--work 2`` is an error, not ``--workers 2``
+    (the supervisor passes a worker every option but ``--workers`` and
+    ``--port``, which it can only recognise when they are spelt out).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")

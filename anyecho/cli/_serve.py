@@ -322,6 +322,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     if args.supervisor_fd is not None:
         _watch_supervisor(args.supervisor_fd)
+    if args.workers and args.supervisor_fd is not None:
+        raise CommandError("a worker cannot start workers of its own", EXIT_USAGE)
     try:
         backend = resolve_backend(args.backend)
         faults = faults_from_args(args)
