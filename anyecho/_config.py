@@ -142,8 +142,9 @@ class ServerConfig:
     :param max_connections_per_source: the most stream connections served at once
         from one IP address, so that a few sources cannot take every slot. Past
         it a newcomer waits, accepted but not read, until one of its source's
-        connections closes; as many may wait as the limit, and a connection past
-        those is reset at once (the ``source-limit`` error). ``"auto"`` (the
+        connections closes, holding no slot of ``max_connections`` meanwhile; as
+        many may wait, from all sources together, as the limit, and a newcomer
+        past that is reset at once (the ``source-limit`` error). ``"auto"`` (the
         default) is a tenth of ``max_connections``, but at least 10 (100 without
         a global limit): 100 with the defaults; see :attr:`per_source_limit`.
         Unix socket peers are not limited. ``None`` for no limit.

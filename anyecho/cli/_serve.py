@@ -194,7 +194,8 @@ def add_parser(subparsers: Any) -> None:
         default=default["max_connections_per_source"],
         metavar="N",
         help="connections served at once from one IP address; past it a client "
-        "waits, and past twice it is reset; 'auto' is a tenth of "
+        "waits (as many as this, from all addresses), and past that is reset; "
+        "'auto' is a tenth of "
         "--max-connections, at least 10; 0 for no limit (default: "
         f"{_no_limit(default['max_connections_per_source'])})",
     )
