@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ._tls import tls_server_context as tls_server_context
     from ._wrap import StreamWrapper as StreamWrapper
     from .faults import Faults as Faults
+    from .faults import UdpFaults as UdpFaults
 
 #: Where each exported name lives (imported by :func:`__getattr__` when first used).
 _LAZY = {
@@ -56,6 +57,7 @@ _LAZY = {
     "RateLimit": "._config",
     "StreamWrapper": "._wrap",
     "Faults": ".faults",
+    "UdpFaults": ".faults",
 }
 
 
@@ -110,6 +112,7 @@ __all__ = [
     "ServerOptions",
     "StatsSnapshot",
     "StreamWrapper",
+    "UdpFaults",
     "echo",
     "resolve_backend",
     "serve",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 from ._echo import RECEIVE_SIZE
+from ._udpfaults import UdpFaults, udp_faults_from
 
 __all__ = [
     "DEFAULT_HOST",
@@ -159,6 +160,11 @@ class ServerConfig:
         and burst
     :param udp_byte_rate: per source address: sustained bytes answered per second
         and burst
+    :param udp_faults: impairments of the datagram echo: drop, duplicate, reorder,
+        delay or corrupt a share of the datagrams (a
+        :class:`~anyecho.faults.UdpFaults`, or a mapping of its fields); the
+        server's :meth:`~anyecho.EchoServer.set_udp_faults` replaces them while
+        it runs
 
     .. code-block:: python
 
@@ -188,6 +194,7 @@ class ServerConfig:
     udp_byte_rate: RateLimit = field(
         default_factory=lambda: RateLimit(256 * 1024.0, 128 * 1024.0)
     )
+    udp_faults: UdpFaults | None = None
 
     def __post_init__(self) -> None:
         host: Any = self.host
@@ -235,6 +242,7 @@ class ServerConfig:
         check_number("idle_timeout", self.idle_timeout, allow_none=True)
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
+        object.__setattr__(self, "udp_faults", udp_faults_from(self.udp_faults))
 
     @property
     def per_source_limit(self) -> int | None:
@@ -286,3 +294,4 @@ class ServerOptions(TypedDict, total=False):
     udp_blocked_ports: frozenset[int]
     udp_rate: RateLimit
     udp_byte_rate: RateLimit
+    udp_faults: UdpFaults | None

@@ -32,7 +32,8 @@ from ._connection import Connections
 from ._memory import keep_freed_memory
 from ._sockets import ListenAddress, Transport
 from ._stats import ServerStats, StatsSnapshot
-from ._udp import UDPGuard, serve_udp
+from ._udp import UDPFaultState, UDPGuard, serve_udp
+from ._udpfaults import UdpFaults, udp_faults_from
 
 __all__ = ["EchoServer", "serve"]
 
@@ -78,6 +79,10 @@ class EchoServer:
         self._listening: anyio.Event | None = None
         self._draining: anyio.Event | None = None
         self._start_error: BaseException | None = None
+        # The one holder of the UDP impairments in force, read by every UDP
+        # socket for each datagram: set_udp_faults() swaps what it holds, and
+        # whatever replaces the server's faults at run time goes through it.
+        self._udp_faults = UDPFaultState(config.udp_faults)
 
     def _listening_event(self) -> anyio.Event:
         if self._listening is None:
@@ -132,6 +137,31 @@ class EchoServer:
         the predicate is false.
         """
         return await self._stats.wait_until(predicate)
+
+    @property
+    def udp_faults(self) -> UdpFaults | None:
+        """The UDP impairments in force now (``None``: none)."""
+        return self._udp_faults.faults
+
+    def set_udp_faults(self, faults: UdpFaults | None) -> None:
+        """Replace the UDP impairments, from the next datagram on; ``None`` clears.
+
+        Safe at any time, before or while the server runs (from its event loop's
+        thread). Each call restarts the draws from ``faults.seed``, so setting
+        the same faults again replays the same impairments. Datagrams already
+        held for a delay or a reorder still go out as decided. A mapping of the
+        :class:`~anyecho.faults.UdpFaults` field names (decoded JSON) is accepted
+        too.
+
+        .. code-block:: python
+
+            server.set_udp_faults(UdpFaults(drop=0.2, seed=7))
+            ...
+            server.set_udp_faults(None)  # a clean echo again
+
+        :raises ValueError: for invalid faults (nothing changes then)
+        """
+        self._udp_faults.set(udp_faults_from(faults))
 
     def stop(self, grace: float | None = None) -> None:
         """Ask the server to stop; :meth:`serve` returns once it has.
@@ -249,7 +279,9 @@ class EchoServer:
                         packets=config.udp_rate,
                         data=config.udp_byte_rate,
                     )
-                    acceptors.start_soon(serve_udp, sock, guard, self._stats)
+                    acceptors.start_soon(
+                        serve_udp, sock, guard, self._stats, self._udp_faults
+                    )
 
     def _drain(self, connections: TaskGroup) -> None:
         grace = self._stop_requested

@@ -34,7 +34,15 @@ class StatsSnapshot:
         ``rate-limit`` (the source's packet or byte budget is spent),
         ``send-buffer-full`` (the socket's send buffer had no room: the answer is
         dropped rather than queued), ``send-error`` (the system refused to send
-        it), ``no-source-address`` (the system gave no address to answer)
+        it), ``no-source-address`` (the system gave no address to answer),
+        ``fault`` (dropped on purpose by a UDP ``drop`` impairment),
+        ``hold-full`` (an impairment would have held more datagrams than
+        ``max_held``), ``stopped`` (held for an impairment when the server stopped)
+    :param udp_faults_injected: UDP impairments injected, by kind (``drop``,
+        ``duplicate``, ``reorder``, ``delay``, ``corrupt``), 0 for kinds not seen:
+        see :class:`~anyecho.faults.UdpFaults`
+    :param datagrams_held: UDP datagrams held right now for a delay or a reorder
+        (neither echoed nor dropped yet)
     """
 
     active_connections: int = 0
@@ -47,6 +55,10 @@ class StatsSnapshot:
     datagrams_dropped_by_reason: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    udp_faults_injected: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    datagrams_held: int = 0
 
     def summary(self) -> str:
         """One line for a log, such as ``connections 3 active / 120 total, ...``."""
@@ -64,6 +76,9 @@ class StatsSnapshot:
             reasons = sorted(self.datagrams_dropped_by_reason.items())
             if reasons:
                 line += " (" + ", ".join(f"{why} {n}" for why, n in reasons) + ")"
+        injected = sorted(self.udp_faults_injected.items())
+        if injected:
+            line += ", udp faults: " + ", ".join(f"{k} {n}" for k, n in injected)
         return f"{line}, errors: {errors or 'none'}"
 
 
@@ -83,6 +98,9 @@ class ServerStats:
         self.datagrams_dropped = 0
         self.datagrams_dropped_by_reason: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.udp_faults_injected: Counter[str] = Counter()
+        #: UDP datagrams held for an impairment now
+        self.datagrams_held = 0
         #: the open connections' own counters
         self.open: set[ByteCounts] = set()
         self._changed: anyio.Event | None = None
@@ -135,6 +153,10 @@ class ServerStats:
         self.datagrams_dropped += 1
         self.datagrams_dropped_by_reason[reason] += 1
 
+    def udp_fault(self, kind: str) -> None:
+        """Count one UDP impairment of ``kind`` (``drop``, ``duplicate``, ...)."""
+        self.udp_faults_injected[kind] += 1
+
     def snapshot(self) -> StatsSnapshot:
         received = self.bytes_received + sum(c.received for c in self.open)
         sent = self.bytes_sent + sum(c.sent for c in self.open)
@@ -149,4 +171,6 @@ class ServerStats:
             datagrams_dropped_by_reason=MappingProxyType(
                 Counter(self.datagrams_dropped_by_reason)
             ),
+            udp_faults_injected=MappingProxyType(Counter(self.udp_faults_injected)),
+            datagrams_held=self.datagrams_held,
         )

@@ -11,7 +11,11 @@ address, both the packets and the bytes it sends back.
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import logging
+import math
+import random
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +25,7 @@ import anyio
 
 from ._config import RateLimit
 from ._stats import ServerStats
+from ._udpfaults import UdpFaults
 
 __all__ = [
     "BLOCKED_PORT",
@@ -28,6 +33,7 @@ __all__ = [
     "RATE_LIMIT",
     "SEND_BUFFER_FULL",
     "SEND_ERROR",
+    "UDPFaultState",
     "UDPGuard",
 ]
 
@@ -40,6 +46,12 @@ RATE_LIMIT = "rate-limit"
 SEND_BUFFER_FULL = "send-buffer-full"
 SEND_ERROR = "send-error"
 NO_SOURCE_ADDRESS = "no-source-address"
+FAULT = "fault"
+HOLD_FULL = "hold-full"
+STOPPED = "stopped"
+
+#: The most bytes of datagrams held at once for delays and reordering, per socket.
+MAX_HELD_BYTES = 16 * 1024 * 1024
 
 #: Datagrams read per wake-up. After this many the loop waits for readiness
 #: again, which lets every other task run: a flood cannot starve the TCP side.
@@ -120,15 +132,68 @@ class _Sender(Protocol):
     def sendto(self, data: bytes | memoryview, address: Any, /) -> int: ...
 
 
+class UDPFaultState:
+    """The UDP impairments in force on one server: swapped while it serves.
+
+    The server's ``set_udp_faults`` (and whatever replaces its faults at run
+    time) calls :meth:`set`; every UDP socket of the server reads :attr:`faults`
+    afresh for each datagram, so a change applies from the next datagram on.
+    Datagrams already held for a delay or a reorder still go out as decided.
+    """
+
+    __slots__ = ("faults", "rng")
+
+    def __init__(self, faults: UdpFaults | None = None) -> None:
+        self.faults: UdpFaults | None = None
+        self.rng = random.Random()  # noqa: S311
+        self.set(faults)
+
+    def set(self, faults: UdpFaults | None) -> None:
+        """Impair from now on as ``faults`` says (``None``: no more impairments).
+
+        Each call starts a new ``random.Random(faults.seed)``: setting the same
+        faults again replays the same impairments on the datagrams that follow.
+        """
+        self.faults = faults if faults is not None and faults.active else None
+        self.rng = random.Random(None if faults is None else faults.seed)  # noqa: S311
+
+
+class _Held:
+    """A datagram held back by an impairment, with the answers it is due."""
+
+    __slots__ = ("address", "copies", "data", "sent")
+
+    def __init__(self, data: bytes, address: Any, copies: int) -> None:
+        self.data = data
+        self.address = address
+        self.copies = copies
+        self.sent = False
+
+
 class _Responder:
     """Answers one datagram, or counts it as dropped and why. Never raises OSError.
 
     It sends on a non-blocking socket and never waits: an answer the send buffer
     has no room for is dropped (``send-buffer-full``) rather than queued, so a
     flood costs no memory here, and the receive side never stalls behind a send.
+
+    With impairments (``faults``), the datagrams a delay or a reorder holds back
+    wait in memory bounded by ``max_held`` and :data:`MAX_HELD_BYTES`; the
+    :meth:`release` task sends them when due, on AnyIO's clock.
     """
 
-    __slots__ = ("_clock", "_guard", "_sock", "_stats")
+    __slots__ = (
+        "_clock",
+        "_due",
+        "_guard",
+        "_held_bytes",
+        "_order",
+        "_reordered",
+        "_sock",
+        "_stats",
+        "_wake",
+        "faults",
+    )
 
     def __init__(
         self,
@@ -136,11 +201,20 @@ class _Responder:
         guard: UDPGuard,
         stats: ServerStats,
         clock: Callable[[], float],
+        faults: UDPFaultState | None = None,
     ) -> None:
         self._sock = sock
         self._guard = guard
         self._stats = stats
         self._clock = clock
+        self.faults = faults
+        #: held datagrams by the time they are due: (due, order, datagram)
+        self._due: list[tuple[float, int, _Held]] = []
+        self._order = itertools.count()
+        #: reordered datagrams waiting for a later answer, by address
+        self._reordered: dict[Any, list[_Held]] = {}
+        self._held_bytes = 0
+        self._wake: anyio.Event | None = None
 
     def answer(self, data: bytes | memoryview, address: Any) -> None:
         stats = self._stats
@@ -152,19 +226,151 @@ class _Responder:
             return
         host, port = address[0], address[1]
         reason = self._guard.check(host, port, size, self._clock())
-        if reason is None:
+        if reason is not None:
+            stats.drop_datagram(reason)
+            logger.debug("udp %s:%d: dropped %d bytes (%s)", host, port, size, reason)
+            return
+        state = self.faults
+        if state is not None and state.faults is not None:
+            self._impair(state.faults, state.rng, data, address)
+            return
+        self._send(data, address)
+        if self._reordered:  # held back before the impairments were cleared
+            self._release_after(address)
+
+    def _send(self, data: bytes | memoryview, address: Any, copies: int = 1) -> None:
+        """Send one answer (and its duplicate), counting what became of it."""
+        stats = self._stats
+        try:
+            sent = self._sock.sendto(data, address)
+        except OSError as exc:
+            full = isinstance(exc, BlockingIOError) or exc.errno == errno.ENOBUFS
+            reason = SEND_BUFFER_FULL if full else SEND_ERROR
+            stats.drop_datagram(reason)
+            logger.debug(
+                "udp %s:%d: dropped %d bytes (%s: %s)",
+                address[0],
+                address[1],
+                len(data),
+                reason,
+                exc,
+            )
+            return
+        stats.datagrams_echoed += 1
+        stats.bytes_sent += sent
+        if copies > 1:
             try:
                 sent = self._sock.sendto(data, address)
-            except OSError as exc:
-                full = isinstance(exc, BlockingIOError) or exc.errno == errno.ENOBUFS
-                reason = SEND_BUFFER_FULL if full else SEND_ERROR
-                logger.debug("udp %s:%d: send failed (%s)", host, port, exc)
+            except OSError as exc:  # the original went out: nothing is lost
+                logger.debug("udp: duplicate not sent (%s)", exc)
             else:
-                stats.datagrams_echoed += 1
                 stats.bytes_sent += sent
-                return
-        stats.drop_datagram(reason)
-        logger.debug("udp %s:%d: dropped %d bytes (%s)", host, port, size, reason)
+                stats.udp_fault("duplicate")
+
+    # --- impairments ------------------------------------------------------------
+
+    def _impair(
+        self,
+        faults: UdpFaults,
+        rng: random.Random,
+        view: bytes | memoryview,
+        address: Any,
+    ) -> None:
+        stats = self._stats
+        fate = faults.decide(rng, len(view))
+        if fate.drop:
+            stats.udp_fault("drop")
+            stats.drop_datagram(FAULT)
+            return
+        data: bytes | memoryview = view
+        if fate.corrupt_at is not None:
+            changed = bytearray(view)
+            changed[fate.corrupt_at] ^= fate.corrupt_mask
+            data = bytes(changed)
+            stats.udp_fault("corrupt")
+        copies = 2 if fate.duplicate else 1
+        if not fate.reorder and not fate.delay:
+            self._send(data, address, copies)
+            self._release_after(address)
+            return
+        if (
+            stats.datagrams_held >= faults.max_held
+            or self._held_bytes + len(data) > MAX_HELD_BYTES
+        ):
+            stats.drop_datagram(HOLD_FULL)
+            return
+        held = _Held(bytes(data), address, copies)
+        stats.datagrams_held += 1
+        self._held_bytes += len(held.data)
+        now = self._clock()
+        if fate.reorder:
+            self._reordered.setdefault(address, []).append(held)
+            self._schedule(now + faults.reorder_hold, held)
+        else:
+            stats.udp_fault("delay")
+            self._schedule(now + fate.delay, held)
+
+    def _schedule(self, due: float, held: _Held) -> None:
+        heapq.heappush(self._due, (due, next(self._order), held))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _emit(self, held: _Held, *, overtaken: bool = False) -> None:
+        """Send a held datagram now (once: later calls do nothing)."""
+        if held.sent:
+            return
+        held.sent = True
+        self._stats.datagrams_held -= 1
+        self._held_bytes -= len(held.data)
+        self._send(held.data, held.address, held.copies)
+        if overtaken:
+            self._stats.udp_fault("reorder")
+
+    def _release_after(self, address: Any) -> None:
+        """Send the datagrams held back for a reorder behind an answer just sent."""
+        waiting = self._reordered.pop(address, None)
+        if waiting:
+            for held in waiting:
+                self._emit(held, overtaken=True)
+
+    async def release(self) -> None:
+        """Send each held datagram when due, until cancelled.
+
+        Whatever is still held when it is cancelled (the server stops) is counted
+        as dropped (``stopped``).
+        """
+        due = self._due
+        try:
+            while True:
+                now = self._clock()
+                while due and due[0][0] <= now:
+                    held = heapq.heappop(due)[2]
+                    if held.sent:
+                        continue
+                    waiting = self._reordered.get(held.address)
+                    if waiting is not None and held in waiting:
+                        # A reorder that nothing overtook: it goes out on its own.
+                        waiting.remove(held)
+                        if not waiting:
+                            del self._reordered[held.address]
+                        self._emit(held)
+                    else:
+                        self._emit(held)
+                        self._release_after(held.address)
+                self._stats.changed()
+                self._wake = anyio.Event()
+                with anyio.CancelScope(deadline=due[0][0] if due else math.inf):
+                    await self._wake.wait()
+                self._wake = None
+        finally:
+            for _, _, held in due:
+                if not held.sent:
+                    held.sent = True
+                    self._stats.datagrams_held -= 1
+                    self._stats.drop_datagram(STOPPED)
+            due.clear()
+            self._reordered.clear()
+            self._held_bytes = 0
 
 
 def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> None:
@@ -187,7 +393,12 @@ def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> 
                 break
 
 
-async def serve_udp(sock: socket.socket, guard: UDPGuard, stats: ServerStats) -> None:
+async def serve_udp(
+    sock: socket.socket,
+    guard: UDPGuard,
+    stats: ServerStats,
+    faults: UDPFaultState | None = None,
+) -> None:
     """Echo datagrams on ``sock`` until cancelled or the socket is closed.
 
     Every datagram the system delivers is either answered (``datagrams_echoed``)
@@ -198,9 +409,26 @@ async def serve_udp(sock: socket.socket, guard: UDPGuard, stats: ServerStats) ->
     queue at most 100 received datagrams and silently drop the rest, and asyncio
     and uvloop silently skip sending empty datagrams.) Whoever closes ``sock``
     calls :func:`anyio.notify_closing` first, which ends this at once.
+
+    :param faults: the impairments to apply, read for each datagram (see
+        :class:`UDPFaultState`); a task beside the receive loop sends the
+        datagrams they hold back
     """
     sock.setblocking(False)
-    answer = _Responder(sock, guard, stats, anyio.current_time).answer
+    responder = _Responder(sock, guard, stats, anyio.current_time, faults)
+    if faults is None:
+        await _receive(sock, responder, stats)
+        return
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(responder.release)
+        await _receive(sock, responder, stats)
+        tasks.cancel_scope.cancel()
+
+
+async def _receive(
+    sock: socket.socket, responder: _Responder, stats: ServerStats
+) -> None:
+    answer = responder.answer
     buffer = bytearray(_BUFFER_SIZE)
     view = memoryview(buffer)
     receive = sock.recvfrom_into
@@ -220,3 +448,4 @@ async def serve_udp(sock: socket.socket, guard: UDPGuard, stats: ServerStats) ->
                 _receive_failed(sock, stats, exc)
                 continue
             answer(view[:size], address)
+        stats.changed()

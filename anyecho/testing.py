@@ -229,7 +229,8 @@ async def serving(
         from :data:`TEST_DEFAULTS` (``127.0.0.1``, a free port)
     :param faults: faults to inject (:class:`~anyecho.faults.Faults`); they wrap
         the config's own ``wrap_stream``, which thus sees the traffic as it goes
-        to and from the socket
+        to and from the socket; their ``udp`` impairments replace the config's
+        ``udp_faults``
     :param client_ssl_context: the default for :meth:`RunningServer.connect` to
         TLS addresses
     :param options: :class:`~anyecho.ServerConfig` fields, overriding ``config``
@@ -247,6 +248,8 @@ async def serving(
     wrapper = faults.stream_wrapper() if faults is not None else None
     if wrapper is not None:
         config = config.replace(wrap_stream=_compose(wrapper, config.wrap_stream))
+    if faults is not None and faults.udp is not None:
+        config = config.replace(udp_faults=faults.udp)
     server = EchoServer(config)
     try:
         async with anyio.create_task_group() as tg:

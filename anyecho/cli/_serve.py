@@ -298,6 +298,8 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         raise ValueError("--tls-key needs --tls-cert")
     if args.tls_client_ca and not args.tls_cert:
         raise ValueError("--tls-client-ca needs --tls-cert")
+    if faults is not None and faults.udp is not None and not args.udp:
+        raise ValueError("the --udp-* impairments need --udp")
     settings: dict[str, Any] = {name: getattr(args, name) for name in DIRECT_SETTINGS}
     if args.host:
         settings["host"] = "*" if "*" in args.host else tuple(args.host)
@@ -314,6 +316,7 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
         wrap_stream=faults.stream_wrapper() if faults else None,
+        udp_faults=faults.udp if faults else None,
     )
 
 

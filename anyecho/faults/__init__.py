@@ -20,10 +20,16 @@ The single wrappers (:func:`delay`, :func:`fragment`, :func:`throttle`,
 :func:`close_after`, :func:`reset_after`, :func:`stall_after`) can also be
 stacked by hand. :func:`add_fault_arguments` and :func:`faults_from_args` give a
 command line the same faults (``anyecho serve --delay 0.05 --fragment 16``).
+
+:class:`UdpFaults` impairs the datagram echo instead: it drops, duplicates,
+reorders, delays or corrupts a seeded share of the datagrams
+(``Faults(udp=UdpFaults(drop=0.1, seed=1))``, or the server's ``udp_faults``
+setting).
 """
 
 from __future__ import annotations
 
+from .._udpfaults import UdpFaults
 from ._args import add_fault_arguments, faults_from_args
 from ._spec import Faults
 from ._streams import (
@@ -38,6 +44,7 @@ from ._streams import (
 
 __all__ = [
     "Faults",
+    "UdpFaults",
     "add_fault_arguments",
     "close_after",
     "default_burst",
@@ -55,7 +62,16 @@ def _public_module() -> None:
     import typing
 
     Faults.__annotations__ = typing.get_type_hints(Faults, include_extras=True)
-    public = (Faults, close_after, default_burst, delay, fragment, reset_after)
+    UdpFaults.__annotations__ = typing.get_type_hints(UdpFaults, include_extras=True)
+    public = (
+        Faults,
+        UdpFaults,
+        close_after,
+        default_burst,
+        delay,
+        fragment,
+        reset_after,
+    )
     glue = (add_fault_arguments, faults_from_args)
     for value in (*public, stall_after, throttle, *glue):
         value.__module__ = __name__

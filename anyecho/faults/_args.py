@@ -11,7 +11,17 @@ from __future__ import annotations
 import argparse
 import re
 
-from .._args import NUMBER, SIZE_SYNTAX, byte_count, byte_rate, fraction, seed
+from .._args import (
+    NUMBER,
+    SIZE_SYNTAX,
+    byte_count,
+    byte_rate,
+    fraction,
+    positive_count,
+    seconds,
+    seed,
+)
+from .._udpfaults import UdpFaults
 from ._spec import Faults
 from ._streams import Delay
 
@@ -20,6 +30,7 @@ __all__ = [
     "delay_argument",
     "faults_from_args",
     "fragment_argument",
+    "udp_faults_from_args",
 ]
 
 _RANGE = re.compile(rf"{NUMBER}(?:\s*-\s*{NUMBER})?")
@@ -52,6 +63,49 @@ def fragment_argument(text: str) -> tuple[int, float]:
             "such as 16 or 1:0.01"
         )
     return int(match[1]), float(match[2] or 0)
+
+
+#: The UDP impairments given as a share of the datagrams: (option, help).
+_UDP_SHARES = (
+    ("drop", "never answer this share of the datagrams"),
+    ("duplicate", "answer this share twice"),
+    (
+        "reorder",
+        (
+            "hold this share back until a later datagram from the same source "
+            "has been answered"
+        ),
+    ),
+    ("corrupt", "change one byte of this share of the answers (same length)"),
+)
+
+#: Every UDP option's field of :class:`UdpFaults`.
+_UDP_FIELDS = (
+    *(name for name, _ in _UDP_SHARES),
+    "reorder_hold",
+    "delay",
+    "delay_fraction",
+    "max_held",
+    "seed",
+)
+
+
+def udp_faults_from_args(args: argparse.Namespace) -> UdpFaults | None:
+    """The :class:`UdpFaults` of the ``--udp-*`` impairment options, or ``None``.
+
+    ``None`` when none of them impairs anything (``--udp-seed`` alone, say).
+
+    :raises ValueError: for values that are invalid together
+    """
+    given = {
+        name: value
+        for name in _UDP_FIELDS
+        if (value := getattr(args, f"fault_udp_{name}", None)) is not None
+    }
+    if not given:
+        return None
+    faults = UdpFaults(**given)
+    return faults if faults.active else None
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +184,56 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="seed the choice of connections and of random delays",
     )
+    udp = parser.add_argument_group(
+        "UDP impairments (with --udp)",
+        "Impair a share F (0 to 1) of the echoed datagrams, each drawn on its own "
+        "from --udp-seed: the same seed and datagrams give the same impairments.",
+    )
+    for name, what in _UDP_SHARES:
+        udp.add_argument(
+            f"--udp-{name}",
+            dest=f"fault_udp_{name}",
+            type=fraction,
+            metavar="F",
+            help=what,
+        )
+    udp.add_argument(
+        "--udp-reorder-hold",
+        dest="fault_udp_reorder_hold",
+        type=seconds,
+        metavar="SECONDS",
+        help="the longest a reordered datagram waits for a later one to overtake "
+        "it (default: 1)",
+    )
+    udp.add_argument(
+        "--udp-delay",
+        dest="fault_udp_delay",
+        type=delay_argument,
+        metavar="SECONDS|MIN-MAX",
+        help="hold each answer this long, or a random time in a range",
+    )
+    udp.add_argument(
+        "--udp-delay-fraction",
+        dest="fault_udp_delay_fraction",
+        type=fraction,
+        metavar="F",
+        help="delay only this share of the datagrams (default: 1, all)",
+    )
+    udp.add_argument(
+        "--udp-max-held",
+        dest="fault_udp_max_held",
+        type=positive_count,
+        metavar="N",
+        help="the most datagrams held at once for delays and reordering; past it "
+        "they are dropped and counted (default: 1000)",
+    )
+    udp.add_argument(
+        "--udp-seed",
+        dest="fault_udp_seed",
+        type=seed,
+        metavar="N",
+        help="seed the UDP impairments",
+    )
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults | None:
@@ -137,7 +241,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults | None:
     for.
 
     ``None`` when no fault option was given (``--fault-fraction`` and ``--seed``
-    alone inject nothing).
+    alone inject nothing). The ``--udp-*`` options fill in its ``udp``.
 
     :raises ValueError: for values that are invalid together
 
@@ -157,5 +261,6 @@ def faults_from_args(args: argparse.Namespace) -> Faults | None:
         stall_after=getattr(args, "fault_stall_after", None),
         fraction=getattr(args, "fault_fraction", 1.0),
         seed=getattr(args, "fault_seed", None),
+        udp=udp_faults_from_args(args),
     )
-    return faults if faults.active else None
+    return faults if faults.active or faults.udp is not None else None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from anyio.abc import ByteStream
 
 from .._config import WrapStream
+from .._udpfaults import UdpFaults, udp_faults_from
 from ._streams import (
     Delay,
     check_count,
@@ -46,6 +47,9 @@ class Faults:
         which ones is drawn from ``random.Random(seed)``, connection by connection
     :param seed: makes the choice of connections and random delays reproducible;
         ``None`` draws a different pattern on every run
+    :param udp: impairments of the datagram echo (:class:`UdpFaults`, or a mapping
+        of its field names, as decoded from JSON: ``{"drop": 0.1, "seed": 1}``),
+        with a seed of their own; ``fraction`` does not apply to them
 
     .. code-block:: python
 
@@ -63,8 +67,10 @@ class Faults:
     stall_after: int | None = None
     fraction: float = 1.0
     seed: int | None = None
+    udp: UdpFaults | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "udp", udp_faults_from(self.udp))
         if self.delay is not None:
             object.__setattr__(self, "delay", check_delay(self.delay))
         if self.fragment is not None:
@@ -100,7 +106,8 @@ class Faults:
 
     @property
     def active(self) -> bool:
-        """Whether any fault is set (``fraction`` and ``seed`` aside)."""
+        """Whether any stream fault is set (``fraction``, ``seed`` and ``udp``
+        aside)."""
         return any(
             value is not None
             for value in (
@@ -184,4 +191,7 @@ class Faults:
             where = f"{self.fraction:.0%} of connections"
         if self.seed is not None:
             where += f", seed {self.seed}"
-        return f"{', '.join(parts) or 'no faults'}; {where}"
+        line = f"{', '.join(parts) or 'no faults'}; {where}"
+        if self.udp is not None:
+            line += f"; udp: {self.udp.describe()}"
+        return line
