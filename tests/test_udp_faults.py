@@ -10,9 +10,12 @@ every run draws the same impairments; the tests wait on exact counts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import random
+import re
+import signal
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,6 +30,7 @@ from anyecho import EchoServer, ServerConfig, StatsSnapshot
 from anyecho.faults import Faults, UdpFaults, add_fault_arguments, faults_from_args
 from anyecho.testing import RunningServer, serving
 
+from .processes import ServerProcess, one_line_error
 from .test_udp import UNLIMITED, client, receive
 from .utils import TIMEOUT
 
@@ -428,3 +432,69 @@ def test_command_line_options() -> None:
         seed=1,
     )
     assert faults_from_args(parser.parse_args(["--udp-seed", "1"])) is None
+
+
+# --- from the command line -------------------------------------------------------
+
+
+def test_serve_impairs_datagrams_and_logs_them(
+    run: type[ServerProcess], backend_name: str
+) -> None:
+    server = run(
+        "serve",
+        "--port",
+        "0",
+        "--backend",
+        backend_name,
+        "--udp",
+        "--udp-rate",
+        "100000",
+        "--udp-drop",
+        "0.5",
+        "--udp-duplicate",
+        "0.5",
+        "--udp-seed",
+        "1",
+        "--stats-interval",
+        "0.05",
+    )
+    server.wait_for(r"injecting faults: .*udp: drop 0\.5, duplicate 0\.5 \(seed 1\)")
+    port = server.wait_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        for seq in range(40):
+            sock.sendto(payload(seq), ("127.0.0.1", port))
+        # The server's own count says when it has dealt with all 40.
+        while True:
+            line = server.wait_for(r"datagrams (\d+) echoed / (\d+) dropped")
+            if int(line[1]) + int(line[2]) == 40:
+                break
+        server.proc.send_signal(signal.SIGTERM)
+        status, stderr = server.finish()
+        sock.setblocking(False)
+        answers: list[bytes] = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                answers.append(sock.recv(100))
+    assert status == 0, stderr
+    copies = Counter(seq_of(data) for data in answers)
+    assert 0 < len(copies) < 40
+    assert 2 in copies.values()
+    lost = 40 - len(copies)
+    twice = sum(1 for n in copies.values() if n == 2)
+    assert f"udp faults: drop {lost}, duplicate {twice}" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--udp-drop", "0.1"], "the --udp-\\* impairments need --udp"),
+        (["--udp", "--udp-drop", "2"], "invalid fraction '2'"),
+        (["--udp", "--udp-delay", "0.2-0.1"], "MIN is above MAX"),
+        (["--udp", "--udp-max-held", "0"], "invalid count '0'"),
+    ],
+)
+def test_serve_rejects_bad_udp_impairments(args: list[str], message: str) -> None:
+    status, line = one_line_error("serve", "--port", "0", *args)
+    assert status == 2
+    assert re.search(message, line), line
