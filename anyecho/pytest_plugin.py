@@ -39,6 +39,24 @@ Fixtures:
     A throwaway certificate authority (session-wide; needs ``trustme``), a server
     context with a certificate for ``localhost``, ``127.0.0.1`` and ``::1``, and a
     client context that trusts it.
+``anyecho_client_cert_ssl_context``
+    A client context that trusts ``anyecho_ca`` and presents a client certificate
+    it signed: what a server that requires one accepts.
+``echo_server_tls_<failure>``
+    TLS servers that a client trusting ``anyecho_ca`` must refuse, each for the
+    reason its name says (see :data:`anyecho.testing.TLSFailure`):
+    ``echo_server_tls_expired``, ``echo_server_tls_not_yet_valid``,
+    ``echo_server_tls_wrong_host``, ``echo_server_tls_untrusted`` and
+    ``echo_server_tls_self_signed``. Their ``connect()`` uses
+    ``anyecho_client_ssl_context``, so it fails.
+``echo_server_mtls``
+    A TLS server that requires a client certificate signed by ``anyecho_ca``:
+    ``connect(ssl_context=anyecho_client_cert_ssl_context)`` echoes, a client
+    without one is refused.
+
+The same servers come from the factory, for any failure named in a variable:
+``echo_server_factory(tls="expired")`` (any :data:`~anyecho.testing.TLSFailure`),
+which a test can parametrize over :data:`~anyecho.testing.TLS_FAILURES`.
 """
 
 from __future__ import annotations
@@ -55,15 +73,22 @@ if TYPE_CHECKING:
 
     from ._config import ServerConfig
     from .faults import Faults
-    from .testing import RunningServer
+    from .testing import RunningServer, TLSFailure
 
 __all__ = [
     "EchoServerFactory",
     "anyecho_ca",
+    "anyecho_client_cert_ssl_context",
     "anyecho_client_ssl_context",
     "anyecho_server_ssl_context",
     "echo_server",
     "echo_server_factory",
+    "echo_server_mtls",
+    "echo_server_tls_expired",
+    "echo_server_tls_not_yet_valid",
+    "echo_server_tls_self_signed",
+    "echo_server_tls_untrusted",
+    "echo_server_tls_wrong_host",
 ]
 
 
@@ -86,7 +111,7 @@ class EchoServerFactory:
         /,
         *,
         faults: Faults | None = None,
-        tls: bool = False,
+        tls: bool | TLSFailure = False,
         client_ssl_context: ssl.SSLContext | None = None,
         **options: Any,
     ) -> AbstractAsyncContextManager[RunningServer]:
@@ -94,17 +119,23 @@ class EchoServerFactory:
 
         :param config: the settings, used as they are (default: the test settings)
         :param faults: faults to inject on its connections
-        :param tls: serve TLS with a certificate from ``anyecho_ca`` (unless
-            ``ssl_context`` is given); :meth:`~anyecho.testing.RunningServer.connect`
-            then trusts it
+        :param tls: ``True``: serve TLS with a certificate from ``anyecho_ca``
+            (unless ``ssl_context`` is given);
+            :meth:`~anyecho.testing.RunningServer.connect` then trusts it. A
+            :data:`~anyecho.testing.TLSFailure` (``"expired"``, ...): serve TLS
+            that fails that way for a client trusting ``anyecho_ca``
         :param client_ssl_context: the client context for TLS connections
         :param options: :class:`~anyecho.ServerConfig` fields
         """
-        from .testing import serving
+        from .testing import serving, tls_failure_context
 
         if tls:
             getfixturevalue = self._request.getfixturevalue
-            if getattr(config, "ssl_context", None) is None:
+            if isinstance(tls, str):
+                options["ssl_context"] = tls_failure_context(
+                    tls, getfixturevalue("anyecho_ca")
+                )
+            elif getattr(config, "ssl_context", None) is None:
                 options.setdefault(
                     "ssl_context", getfixturevalue("anyecho_server_ssl_context")
                 )
@@ -140,6 +171,15 @@ def anyecho_client_ssl_context(anyecho_ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
+@pytest.fixture(scope="session")
+def anyecho_client_cert_ssl_context(anyecho_ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts ``anyecho_ca`` and presents a certificate it
+    signed (for servers that require one: ``echo_server_mtls``)."""
+    from .testing import client_cert_context
+
+    return client_cert_context(anyecho_ca)
+
+
 @pytest.fixture
 async def echo_server(anyio_backend: object) -> AsyncIterator[RunningServer]:
     """An echo server on the test's event loop (``127.0.0.1``, a free port)."""
@@ -153,3 +193,64 @@ async def echo_server(anyio_backend: object) -> AsyncIterator[RunningServer]:
 def echo_server_factory(request: pytest.FixtureRequest) -> EchoServerFactory:
     """Start servers with any settings: ``async with echo_server_factory(...)``."""
     return EchoServerFactory(request)
+
+
+async def _failing_tls_server(
+    request: pytest.FixtureRequest, kind: TLSFailure
+) -> AsyncIterator[RunningServer]:
+    async with EchoServerFactory(request)(tls=kind) as server:
+        yield server
+
+
+@pytest.fixture
+async def echo_server_tls_expired(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """A TLS server whose certificate expired yesterday."""
+    async for server in _failing_tls_server(request, "expired"):
+        yield server
+
+
+@pytest.fixture
+async def echo_server_tls_not_yet_valid(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """A TLS server whose certificate is valid from tomorrow."""
+    async for server in _failing_tls_server(request, "not-yet-valid"):
+        yield server
+
+
+@pytest.fixture
+async def echo_server_tls_wrong_host(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """A TLS server whose certificate is for ``wrong-host.invalid`` only."""
+    async for server in _failing_tls_server(request, "wrong-host"):
+        yield server
+
+
+@pytest.fixture
+async def echo_server_tls_untrusted(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """A TLS server whose certificate comes from a CA nobody trusts."""
+    async for server in _failing_tls_server(request, "untrusted"):
+        yield server
+
+
+@pytest.fixture
+async def echo_server_tls_self_signed(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """A TLS server whose certificate signs itself."""
+    async for server in _failing_tls_server(request, "self-signed"):
+        yield server
+
+
+@pytest.fixture
+async def echo_server_mtls(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningServer]:
+    """A TLS server that requires a client certificate signed by ``anyecho_ca``."""
+    async for server in _failing_tls_server(request, "client-cert-required"):
+        yield server

@@ -16,16 +16,24 @@ default, and stops it when the block ends:
 
 With pytest, the ``echo_server`` and ``echo_server_factory`` fixtures of
 :mod:`anyecho.pytest_plugin` do this for you.
+
+:func:`tls_failure_context` makes the TLS servers a client must refuse (an expired
+certificate, one for another host, one from a CA it does not trust, ...) and one
+that requires a client certificate; :func:`client_cert_context` makes the client
+that such a server accepts. They need ``trustme`` (``pip install anyecho[test]``).
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 import ssl
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
 from anyio.abc import ByteStream, ConnectedUDPSocket
@@ -39,9 +47,18 @@ from .faults import Faults
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 if TYPE_CHECKING:
+    import trustme
     from typing_extensions import Unpack
 
-__all__ = ["TEST_DEFAULTS", "RunningServer", "serving"]
+__all__ = [
+    "TEST_DEFAULTS",
+    "TLS_FAILURES",
+    "RunningServer",
+    "TLSFailure",
+    "client_cert_context",
+    "serving",
+    "tls_failure_context",
+]
 
 #: The :class:`~anyecho.ServerConfig` settings :func:`serving` starts from: loopback
 #: only, a free port, a short drain on the way out, and no per-source limit (every
@@ -263,3 +280,152 @@ async def serving(
         if leaf is None:
             raise
         raise leaf from leaf.__cause__
+
+
+# --- TLS servers a client must refuse ---------------------------------------------
+
+#: How a TLS server of :func:`tls_failure_context` fails a client that trusts the
+#: test CA and checks host names (as :func:`ssl.create_default_context` does):
+#:
+#: ``expired``
+#:     its certificate expired yesterday (``certificate has expired``)
+#: ``not-yet-valid``
+#:     its certificate is valid from tomorrow (``certificate is not yet valid``)
+#: ``wrong-host``
+#:     its certificate names another host, ``wrong-host.invalid``, and no
+#:     address (``Hostname mismatch``, or ``IP address mismatch`` when the client
+#:     connects to an address)
+#: ``untrusted``
+#:     its certificate comes from a CA the client does not trust
+#:     (``unable to get local issuer certificate``)
+#: ``self-signed``
+#:     its certificate signs itself (``self-signed certificate``)
+#: ``client-cert-required``
+#:     a valid certificate, but the server requires one from the client, signed
+#:     by the test CA (mutual TLS): a client without one is refused by the server
+#:     (:func:`client_cert_context` makes one it accepts)
+TLSFailure = Literal[
+    "expired",
+    "not-yet-valid",
+    "wrong-host",
+    "untrusted",
+    "self-signed",
+    "client-cert-required",
+]
+
+#: Every :data:`TLSFailure`, to parametrize a test over.
+TLS_FAILURES: tuple[TLSFailure, ...] = get_args(TLSFailure)
+
+#: The names every good certificate here is for.
+_LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def tls_failure_context(kind: TLSFailure, ca: trustme.CA) -> ssl.SSLContext:
+    """A server context whose handshake fails as ``kind`` says (:data:`TLSFailure`).
+
+    :param ca: the certificate authority the clients trust (a ``trustme.CA``):
+        the failures are those such a client meets; ``untrusted`` and
+        ``self-signed`` certificates come from elsewhere
+
+    .. code-block:: python
+
+        ca = trustme.CA()
+        context = tls_failure_context("expired", ca)
+        async with serving(ssl_context=context) as server:
+            client = ssl.create_default_context()
+            ca.configure_trust(client)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await anyio.connect_tcp(server.host, server.port, ssl_context=client)
+
+    :raises ValueError: for an unknown ``kind``
+    """
+    import trustme
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if kind == "expired":
+        cert = ca.issue_cert(
+            *_LOCAL_NAMES, not_before=now - 30 * day, not_after=now - day
+        )
+    elif kind == "not-yet-valid":
+        cert = ca.issue_cert(
+            *_LOCAL_NAMES, not_before=now + day, not_after=now + 30 * day
+        )
+    elif kind == "wrong-host":
+        cert = ca.issue_cert("wrong-host.invalid")
+    elif kind == "untrusted":
+        cert = trustme.CA().issue_cert(*_LOCAL_NAMES)
+    elif kind == "self-signed":
+        _load_self_signed(context, now)
+        return context
+    elif kind == "client-cert-required":
+        cert = ca.issue_cert(*_LOCAL_NAMES)
+        ca.configure_trust(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        raise ValueError(
+            f"unknown TLS failure {kind!r}: expected one of {', '.join(TLS_FAILURES)}"
+        )
+    cert.configure_cert(context)
+    return context
+
+
+def client_cert_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts ``ca`` and presents a certificate it signed.
+
+    What a ``client-cert-required`` server (or one made by
+    :func:`anyecho.tls_server_context` with ``client_ca``) accepts.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    ca.issue_cert(
+        "client@example.org", common_name="anyecho test client"
+    ).configure_cert(context)
+    return context
+
+
+def _load_self_signed(context: ssl.SSLContext, now: datetime.datetime) -> None:
+    """Give ``context`` a certificate for the local names that signs itself."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anyecho self-signed")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # load_cert_chain reads files only.
+    fd, path = tempfile.mkstemp(suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
