@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
-__all__ = ["Fate", "UdpDelay", "UdpFaults", "udp_faults_from"]
+__all__ = ["UdpDelay", "UdpFate", "UdpFaults", "udp_faults_from"]
 
 #: Seconds, or a ``(min, max)`` range to draw each datagram's delay from.
 UdpDelay = float | tuple[float, float]
@@ -24,7 +24,7 @@ UdpDelay = float | tuple[float, float]
 KINDS = ("corrupt", "delay", "drop", "duplicate", "reorder")
 
 
-class Fate(NamedTuple):
+class UdpFate(NamedTuple):
     """What happens to one datagram."""
 
     drop: bool
@@ -162,7 +162,7 @@ class UdpFaults:
         delayed = self.max_delay > 0 and self.delay_fraction > 0
         return delayed or any((self.drop, self.duplicate, self.reorder, self.corrupt))
 
-    def decide(self, rng: random.Random, size: int) -> Fate:
+    def decide(self, rng: random.Random, size: int) -> UdpFate:
         """One datagram's fate: eight draws from ``rng``, whatever the outcome."""
         draw = rng.random
         drop, duplicate, reorder, corrupt, where, mask, delayed, length = (
@@ -174,7 +174,7 @@ class UdpFaults:
                 self.delay if isinstance(self.delay, tuple) else (self.delay,) * 2
             )
             delay = low + (high - low) * length
-        return Fate(
+        return UdpFate(
             drop=drop < self.drop,
             duplicate=duplicate < self.duplicate,
             reorder=reorder < self.reorder,

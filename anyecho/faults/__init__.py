@@ -29,7 +29,7 @@ setting).
 
 from __future__ import annotations
 
-from .._udpfaults import UdpFaults
+from .._udpfaults import UdpFate, UdpFaults
 from ._args import add_fault_arguments, faults_from_args
 from ._spec import Faults
 from ._streams import (
@@ -44,6 +44,7 @@ from ._streams import (
 
 __all__ = [
     "Faults",
+    "UdpFate",
     "UdpFaults",
     "add_fault_arguments",
     "close_after",
