@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, cast
 
@@ -143,7 +143,7 @@ class EchoServer:
         """The UDP impairments in force now (``None``: none)."""
         return self._udp_faults.faults
 
-    def set_udp_faults(self, faults: UdpFaults | None) -> None:
+    def set_udp_faults(self, faults: UdpFaults | Mapping[str, Any] | None) -> None:
         """Replace the UDP impairments, from the next datagram on; ``None`` clears.
 
         Safe at any time, before or while the server runs (from its event loop's

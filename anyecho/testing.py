@@ -30,7 +30,7 @@ import os
 import ssl
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -42,7 +42,7 @@ from ._config import ServerConfig, ServerOptions
 from ._server import EchoServer
 from ._sockets import ListenAddress, Transport
 from ._stats import StatsSnapshot
-from .faults import Faults
+from .faults import Faults, UdpFaults
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -113,6 +113,17 @@ class RunningServer:
         See :meth:`anyecho.EchoServer.wait_stats`.
         """
         return await self.server.wait_stats(predicate)
+
+    def set_udp_faults(self, faults: UdpFaults | Mapping[str, Any] | None) -> None:
+        """Replace the UDP impairments from the next datagram on; ``None`` clears.
+
+        See :meth:`anyecho.EchoServer.set_udp_faults`.
+
+        .. code-block:: python
+
+            server.set_udp_faults(UdpFaults(drop=0.5, seed=1))
+        """
+        self.server.set_udp_faults(faults)
 
     @property
     def address(self) -> ListenAddress:

@@ -179,7 +179,7 @@ async def test_reordered_datagrams_come_after_a_later_one() -> None:
     with anyio.fail_after(TIMEOUT):
         async with udp_server(faults) as server:
             run = await send_and_collect(
-                server, before_end=lambda: server.server.set_udp_faults(None)
+                server, before_end=lambda: server.set_udp_faults(None)
             )
     seqs = run.seqs
     assert sorted(seqs) == list(range(COUNT + 1))  # none lost, none twice
@@ -232,7 +232,7 @@ async def test_same_seed_same_impairments() -> None:
                     await send_and_collect(
                         server,
                         500,
-                        before_end=lambda: server.server.set_udp_faults(None),
+                        before_end=lambda: server.set_udp_faults(None),
                     )
                 )
     first, second = runs
@@ -252,13 +252,13 @@ async def test_faults_change_while_serving() -> None:
             assert not server.config.udp_faults.active  # type: ignore[union-attr]
             first = await send_and_collect(server, 100)
             assert len(first.answers) == 100
-            server.server.set_udp_faults(UdpFaults(drop=1.0))
+            server.set_udp_faults(UdpFaults(drop=1.0))
             assert server.server.udp_faults == UdpFaults(drop=1.0)
             port = server.address_for("udp").port
             with client() as sock:
                 sock.sendto(b"lost", ("127.0.0.1", port))
                 await server.wait_stats(lambda s: s.datagrams_dropped == 1)
-                server.server.set_udp_faults({"drop": 0.0})  # type: ignore[arg-type]
+                server.set_udp_faults({"drop": 0.0})
                 sock.sendto(b"back", ("127.0.0.1", port))
                 assert (await receive(sock))[0] == b"back"
     assert server.stats.udp_faults_injected == {"drop": 1}
@@ -380,7 +380,7 @@ def test_from_json() -> None:
     with pytest.raises(ValueError, match="unknown UDP fault field"):
         ServerConfig(udp_faults={"bogus": 1})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="invalid UDP drop"):
-        EchoServer(port=0).set_udp_faults({"drop": 2})  # type: ignore[arg-type]
+        EchoServer(port=0).set_udp_faults({"drop": 2})
 
 
 def test_active_and_describe() -> None:
