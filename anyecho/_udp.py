@@ -349,11 +349,13 @@ class _Responder:
                         continue
                     waiting = self._reordered.get(held.address)
                     if waiting is not None and held in waiting:
-                        # A reorder that nothing overtook: it goes out on its own.
+                        # A reorder that nothing overtook goes out on its own:
+                        # only late, so counted as a delay.
                         waiting.remove(held)
                         if not waiting:
                             del self._reordered[held.address]
                         self._emit(held)
+                        self._stats.udp_fault("delay")
                     else:
                         self._emit(held)
                         self._release_after(held.address)

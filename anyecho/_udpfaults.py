@@ -90,6 +90,7 @@ class UdpFaults:
         swapped
     :param reorder_hold: the longest a held-back datagram waits for a later one
         (seconds); when none comes it is sent on its own, in order after all
+        (and counted as a delay)
     :param corrupt: the share whose answer has one byte changed (same length;
         empty datagrams cannot be corrupted and are answered as they are)
     :param delay: hold each answer this many seconds, or a random time in a

@@ -264,6 +264,20 @@ async def test_faults_change_while_serving() -> None:
     assert server.stats.udp_faults_injected == {"drop": 1}
 
 
+async def test_a_reorder_nothing_overtakes_goes_out_alone() -> None:
+    faults = UdpFaults(reorder=1.0, reorder_hold=0.05)
+    with anyio.fail_after(TIMEOUT):
+        async with udp_server(faults) as server:
+            port = server.address_for("udp").port
+            with client() as sock:
+                sock.sendto(b"alone", ("127.0.0.1", port))
+                assert (await receive(sock))[0] == b"alone"
+            stats = await server.wait_stats(lambda s: s.datagrams_echoed == 1)
+    # Held back, but never overtaken: only late, so counted as a delay.
+    assert stats.udp_faults_injected == {"delay": 1}
+    assert stats.datagrams_held == 0
+
+
 async def test_held_datagrams_past_the_cap_are_dropped_and_counted() -> None:
     faults = UdpFaults(delay=30, max_held=10, seed=6)
     with anyio.fail_after(TIMEOUT):
@@ -389,7 +403,9 @@ def test_active_and_describe() -> None:
     assert UdpFaults(delay=(0, 0.1)).active
     text = UdpFaults(drop=0.1, delay=(0.01, 0.05), delay_fraction=0.5, seed=2)
     assert text.describe() == "drop 0.1, delay 0.01-0.05s of 0.5 (seed 2)"
-    assert "udp: drop 0.1" in Faults(delay=0.1, udp=UdpFaults(drop=0.1)).describe()
+    both = Faults(delay=0.1, udp=UdpFaults(drop=0.1))
+    assert both.describe() == "delay 0.1s; all connections; udp: drop 0.1"
+    assert Faults(udp=UdpFaults(drop=0.1)).describe() == "udp: drop 0.1"
 
 
 def test_command_line_options() -> None:

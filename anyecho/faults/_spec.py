@@ -191,7 +191,7 @@ class Faults:
             where = f"{self.fraction:.0%} of connections"
         if self.seed is not None:
             where += f", seed {self.seed}"
-        line = f"{', '.join(parts) or 'no faults'}; {where}"
-        if self.udp is not None:
-            line += f"; udp: {self.udp.describe()}"
-        return line
+        if self.udp is None:
+            return f"{', '.join(parts) or 'no faults'}; {where}"
+        udp = f"udp: {self.udp.describe()}"
+        return f"{', '.join(parts)}; {where}; {udp}" if parts else udp
