@@ -187,6 +187,7 @@ class _Responder:
         "_due",
         "_guard",
         "_held_bytes",
+        "_held_count",
         "_order",
         "_reordered",
         "_sock",
@@ -214,6 +215,8 @@ class _Responder:
         #: reordered datagrams waiting for a later answer, by address
         self._reordered: dict[Any, list[_Held]] = {}
         self._held_bytes = 0
+        #: datagrams held now (those queued less those already sent)
+        self._held_count = 0
         self._wake: anyio.Event | None = None
 
     def answer(self, data: bytes | memoryview, address: Any) -> None:
@@ -301,6 +304,7 @@ class _Responder:
             return
         held = _Held(bytes(data), address, copies)
         stats.datagrams_held += 1
+        self._held_count += 1
         self._held_bytes += len(held.data)
         now = self._clock()
         if fate.reorder:
@@ -311,7 +315,13 @@ class _Responder:
             self._schedule(now + fate.delay, held)
 
     def _schedule(self, due: float, held: _Held) -> None:
-        heapq.heappush(self._due, (due, next(self._order), held))
+        queue = self._due
+        heapq.heappush(queue, (due, next(self._order), held))
+        if len(queue) > 2 * self._held_count + 64:
+            # Reorders overtaken early leave their deadlines behind: drop those,
+            # so that the queue stays within a few times what is really held.
+            queue[:] = [entry for entry in queue if not entry[2].sent]
+            heapq.heapify(queue)
         if self._wake is not None:
             self._wake.set()
 
@@ -321,8 +331,10 @@ class _Responder:
             return
         held.sent = True
         self._stats.datagrams_held -= 1
+        self._held_count -= 1
         self._held_bytes -= len(held.data)
         self._send(held.data, held.address, held.copies)
+        held.data = b""  # its deadline may stay queued a while: keep no bytes
         if overtaken:
             self._stats.udp_fault("reorder")
 
@@ -372,7 +384,7 @@ class _Responder:
                     self._stats.drop_datagram(STOPPED)
             due.clear()
             self._reordered.clear()
-            self._held_bytes = 0
+            self._held_bytes = self._held_count = 0
 
 
 def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> None:

@@ -27,6 +27,8 @@ import anyio
 import pytest
 
 from anyecho import EchoServer, ServerConfig, StatsSnapshot
+from anyecho._stats import ServerStats
+from anyecho._udp import UDPFaultState, UDPGuard, _Responder
 from anyecho.faults import Faults, UdpFaults, add_fault_arguments, faults_from_args
 from anyecho.testing import RunningServer, serving
 
@@ -514,3 +516,31 @@ def test_serve_rejects_bad_udp_impairments(args: list[str], message: str) -> Non
     status, line = one_line_error("serve", "--port", "0", *args)
     assert status == 2
     assert re.search(message, line), line
+
+
+# --- the responder on its own: memory stays bounded ------------------------------
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: Any, address: Any) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+def test_overtaken_reorders_leave_no_pile_of_deadlines() -> None:
+    # Every other datagram is held for a long reorder and overtaken at once by
+    # the next: their deadlines, still queued, must not pile up.
+    stats = ServerStats()
+    guard = UDPGuard(blocked_ports=frozenset(), packets=UNLIMITED, data=UNLIMITED)
+    state = UDPFaultState(UdpFaults(reorder=0.5, reorder_hold=3600, seed=1))
+    sock = RecordingSocket()
+    responder = _Responder(sock, guard, stats, lambda: 0.0, state)
+    for seq in range(20_000):
+        responder.answer(payload(seq), ("127.0.0.1", 40000))
+    assert len(responder._due) < 200  # of some 10,000 reorders
+    assert stats.datagrams_held <= 20
+    assert len(sock.sent) + stats.datagrams_held == 20_000
+    assert stats.udp_faults_injected["reorder"] > 5000
