@@ -20,8 +20,10 @@ from anyecho._args import format_size, parse_size
 from anyecho.bench import cli, render
 from anyecho.bench.histogram import Histogram
 from anyecho.bench.plan import Settings, Workload, schedule
-from anyecho.bench.report import SCHEMA
+from anyecho.bench.report import SCHEMA, Measurement, run_record
+from anyecho.bench.report import results as report_results
 from anyecho.bench.runner import split_connections
+from anyecho.bench.servers import STALL
 
 SERVERS = ("anyecho-asyncio", "tutorial", "broken", "broken-die")
 FAULTY = {"broken", "broken-die"}
@@ -148,7 +150,7 @@ class MapOf(NamedTuple):
 
 
 SUMMARY = {"median": float, "min": float, "max": float}
-LATENCY = {"p50": float, "p90": float, "p99": float, "max": float}
+LATENCY = {"p50": float, "p90": float, "p99": float, "p999": float, "max": float}
 REPORT_SCHEMA: dict[str, Any] = {
     "schema": str,
     "created": str,
@@ -161,6 +163,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "cpu_count": int,
         "cpus_usable": Nullable(int),
         "cpu_model": Nullable(str),
+        "kernel": str,
     },
     "versions": MapOf(Nullable(str)),
     "settings": {
@@ -177,6 +180,10 @@ REPORT_SCHEMA: dict[str, Any] = {
         "server_cpus": Nullable([int]),
         "client_cpus": [Nullable([int])],
         "loadgen_loop": str,
+        "mode": str,
+        "rates": [float],
+        "schedule": Nullable(str),
+        "seed": int,
     },
     "servers": [
         {
@@ -188,7 +195,14 @@ REPORT_SCHEMA: dict[str, Any] = {
         }
     ],
     "workloads": [
-        {"id": str, "label": str, "size": int, "connections": int, "pipeline": int}
+        {
+            "id": str,
+            "label": str,
+            "size": int,
+            "connections": int,
+            "pipeline": int,
+            "rate": Nullable(float),
+        }
     ],
     "runs": [
         {
@@ -207,6 +221,14 @@ REPORT_SCHEMA: dict[str, Any] = {
             "cpu_us_per_echo": Nullable(float),
             "client_cpu_percent": [float],
             "client_saturated": bool,
+            "client_cpu_us_per_echo": Nullable(float),
+            "mode": str,
+            "requested_rate": Nullable(float),
+            "scheduled": int,
+            "send_lag_us": Nullable(LATENCY),
+            "held_rate": Nullable(bool),
+            "loadgen_limited": bool,
+            "limited_by": Nullable(str),
         }
     ],
     "results": [
@@ -222,6 +244,12 @@ REPORT_SCHEMA: dict[str, Any] = {
             "cpu_us_per_echo": Nullable(SUMMARY),
             "latency_us": Nullable(dict.fromkeys(LATENCY, SUMMARY)),
             "client_cpu_percent": Nullable(SUMMARY),
+            "client_cpu_us_per_echo": Nullable(SUMMARY),
+            "requested_rate": Nullable(float),
+            "send_lag_us_p99": Nullable(SUMMARY),
+            "held_rate": Nullable(bool),
+            "loadgen_limited": bool,
+            "limited_by": Nullable(str),
             "ratio": {
                 "echoes_per_s": Nullable(float),
                 "cpu_us_per_echo": Nullable(float),
@@ -303,9 +331,13 @@ def test_sound_servers_pass_and_faulty_ones_fail(bench_run: BenchRun) -> None:
 
 
 def test_ratios_compare_with_the_baseline(bench_run: BenchRun) -> None:
-    for result in bench_run.report["results"]:
+    results = bench_run.report["results"]
+    base = {r["workload"]: r for r in results if r["server"] == "tutorial"}
+    for result in results:
         ratio = result["ratio"]["echoes_per_s"]
-        if result["server"] == "tutorial":
+        if result["loadgen_limited"] or base[result["workload"]]["loadgen_limited"]:
+            assert ratio is None  # a load generator figure is no server figure
+        elif result["server"] == "tutorial":
             assert ratio == 1.0
         elif result["ok"]:
             assert ratio is not None
@@ -380,3 +412,113 @@ def test_list_servers_shows_hidden_and_unavailable_ones() -> None:
     names = [line.split()[0] for line in process.stdout.splitlines()]
     assert {"anyecho-asyncio", "tutorial", "protocol-asyncio", "broken"} <= set(names)
     assert re.search(r"^broken .*\[hidden\]$", process.stdout, re.M)
+
+
+# -- open loop: latency from the intended send time ------------------------------
+
+
+def stalling_run(tmp_path: Path, *load: str) -> dict[str, Any]:
+    """The one run of a short benchmark of the stalling server."""
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "stalling", "--sizes", "64", "--connections", "4"),
+        *("--duration", "2", "--warmup", "0.2", "--repeat", "1", "-q"),
+        *("--json", str(json_path), *load),
+    )
+    assert process.returncode == 0, process.stderr
+    report: dict[str, Any] = json.loads(json_path.read_text())
+    check(report, REPORT_SCHEMA)
+    [run] = report["runs"]
+    assert run["ok"], run["error"]
+    return report
+
+
+def test_open_loop_shows_the_stalls_that_closed_loop_hides(tmp_path: Path) -> None:
+    stall_us = STALL * 1e6
+    open_report = stalling_run(tmp_path, "--rate", "1000")
+    closed_report = stalling_run(tmp_path, "--pipeline", "1")
+    [open_run], [closed_run] = open_report["runs"], closed_report["runs"]
+    assert open_report["settings"]["mode"] == "open"
+    assert open_report["settings"]["schedule"] == "fixed"
+    assert open_run["requested_rate"] == 1000.0
+    assert open_run["held_rate"] is True
+    assert open_run["scheduled"] == pytest.approx(2000, rel=0.05)
+    assert not open_run["loadgen_limited"], open_run["limited_by"]
+    open_p99 = open_run["latency_us"]["p99"]
+    closed_p99 = closed_run["latency_us"]["p99"]
+    # Every message due during a stall waits for its end: with 150 ms stalls
+    # every 500 ms, the slowest 1 % of round trips take most of a stall ...
+    assert open_p99 >= 0.5 * stall_us, (open_p99, closed_p99)
+    # ... while closed loop sends nothing meanwhile, so few round trips see one.
+    assert closed_report["settings"]["mode"] == "closed"
+    assert closed_run["requested_rate"] is None
+    assert closed_p99 < open_p99 / 3, (open_p99, closed_p99)
+    assert closed_run["latency_us"]["max"] >= 0.5 * stall_us  # it did stall
+
+
+def test_a_poisson_schedule_is_recorded_with_its_seed(tmp_path: Path) -> None:
+    report = stalling_run(tmp_path, "--rates", "500", "--schedule", "poisson")
+    assert report["settings"]["schedule"] == "poisson"
+    assert report["settings"]["seed"] == 0
+    assert report["settings"]["rates"] == [500.0]
+    [run] = report["runs"]
+    assert run["scheduled"] == pytest.approx(1000, rel=0.2)
+
+
+# -- the load generator's limit --------------------------------------------------
+
+
+def lag_histogram(*values_us: float) -> Histogram:
+    histogram = Histogram()
+    histogram.add_all(int(value * 1e3) for value in values_us)
+    return histogram
+
+
+def test_a_saturated_load_generator_is_no_server_figure() -> None:
+    run = schedule(["a", "b"], [Workload(64, 1)], 1)
+    measured = Measurement(window_s=1.0, echoes=1000, client_cpu_s=[0.97])
+    measured.latency = lag_histogram(100)
+    record = run_record(run[0], measured)
+    assert record["client_saturated"]
+    assert record["loadgen_limited"]
+    assert "load generator at 97 % CPU" in (record["limited_by"] or "")
+    assert record["client_cpu_us_per_echo"] == pytest.approx(970)
+    healthy = Measurement(window_s=1.0, echoes=1000, client_cpu_s=[0.3])
+    healthy.latency = lag_histogram(100)
+    other = run_record(run[1], healthy)
+    assert not other["loadgen_limited"]
+    results = report_results([record, other], ["a", "b"], "b")
+    assert [r["loadgen_limited"] for r in results] == [True, False]
+    assert results[0]["ratio"] == {"echoes_per_s": None, "cpu_us_per_echo": None}
+
+
+@pytest.mark.parametrize(
+    ("lag_us", "latency_us", "limited"),
+    [(5_000, 6_000, True), (5_000, 150_000, False), (500, 600, False)],
+)
+def test_a_load_generator_behind_its_schedule_is_flagged(
+    lag_us: float, latency_us: float, limited: bool
+) -> None:
+    [run] = schedule(["a"], [Workload(64, 1, rate=1000.0)], 1)
+    measured = Measurement(
+        window_s=1.0, echoes=990, client_cpu_s=[0.2], requested_rate=1000.0
+    )
+    measured.latency = lag_histogram(*[100] * 98, latency_us, latency_us)
+    measured.lag = lag_histogram(*[10] * 98, lag_us, lag_us)
+    record = run_record(run, measured)
+    assert record["mode"] == "open"
+    assert record["held_rate"] is True
+    assert record["loadgen_limited"] is limited
+    assert ("behind its schedule" in (record["limited_by"] or "")) is limited
+
+
+def test_a_rate_the_server_does_not_hold_is_a_server_figure() -> None:
+    [run] = schedule(["a"], [Workload(64, 1, rate=1000.0)], 1)
+    measured = Measurement(
+        window_s=1.0, echoes=500, client_cpu_s=[0.2], requested_rate=1000.0
+    )
+    measured.latency = lag_histogram(100)
+    measured.lag = lag_histogram(10)
+    record = run_record(run, measured)
+    assert record["held_rate"] is False
+    assert not record["loadgen_limited"]

@@ -61,6 +61,27 @@ def _csv(parse: Callable[[str], int], what: str) -> Callable[[str], tuple[int, .
     return parse_list
 
 
+def _rate(text: str) -> float:
+    """An argparse type for a rate in echoes per second: ``500``, ``20k``, ``1.5M``."""
+    factor = {"k": 1e3, "m": 1e6}.get(text.strip()[-1:].lower(), 1.0)
+    number = text.strip()[:-1] if factor != 1.0 else text.strip()
+    try:
+        rate = float(number) * factor
+    except ValueError:
+        rate = 0.0
+    if not rate > 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid rate {text!r}: expected a positive number of echoes per "
+            "second, such as 500, 20k or 1.5M"
+        )
+    return rate
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    """An argparse type for a comma-separated list of rates."""
+    return tuple(dict.fromkeys(_rate(item) for item in text.split(",")))
+
+
 def _server_names(text: str) -> tuple[str, ...]:
     from .servers import registry
 
@@ -128,7 +149,37 @@ def add_parser(subparsers: Any) -> None:
         type=positive_count,
         default=1,
         metavar="K",
-        help="messages in flight per connection; 1 is ping-pong (default: %(default)s)",
+        help="closed loop: messages in flight per connection; 1 is ping-pong "
+        "(default: %(default)s)",
+    )
+    load = what.add_mutually_exclusive_group()
+    load.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="R",
+        help="open loop: offer R echoes/s over all the connections, on schedule, "
+        "and time each echo from its message's intended send time (without this "
+        "and --rates: closed loop, throughput at concurrency N)",
+    )
+    load.add_argument(
+        "--rates",
+        type=_rates,
+        metavar="R,...",
+        help="open loop at each of these rates in turn (latency against offered load)",
+    )
+    what.add_argument(
+        "--schedule",
+        choices=("fixed", "poisson"),
+        default="fixed",
+        help="open loop: messages equally spaced, or Poisson arrivals "
+        "(default: %(default)s)",
+    )
+    what.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seeds the Poisson schedule (default: %(default)s)",
     )
     how = parser.add_argument_group("how to measure")
     how.add_argument(
@@ -290,6 +341,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         repeat=args.repeat,
         clients=args.clients,
         pin=args.pin,
+        rates=args.rates or ((args.rate,) if args.rate is not None else ()),
+        poisson=args.schedule == "poisson",
+        seed=args.seed,
     )
 
 

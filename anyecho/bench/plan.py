@@ -13,6 +13,7 @@ __all__ = [
     "PlannedRun",
     "Settings",
     "Workload",
+    "format_rate",
     "schedule",
 ]
 
@@ -24,24 +25,40 @@ DEFAULT_CONNECTIONS = (1, 50)
 
 @dataclass(frozen=True)
 class Workload:
-    """One kind of load: ``connections`` connections, each keeping ``pipeline``
-    messages of ``size`` bytes in flight (``pipeline=1``: ping-pong)."""
+    """One kind of load: ``connections`` connections with messages of ``size`` bytes.
+
+    Closed loop (``rate`` is ``None``): throughput at concurrency N, each connection
+    keeping ``pipeline`` messages in flight (``pipeline=1``: ping-pong). Open loop:
+    ``rate`` messages per second over all the connections, on schedule.
+    """
 
     size: int
     connections: int
     pipeline: int = 1
+    rate: float | None = None
 
     @property
     def id(self) -> str:
-        """A short stable key, such as ``64B-50c-1p``."""
-        return f"{self.size}B-{self.connections}c-{self.pipeline}p"
+        """A short stable key, such as ``64B-50c-1p`` or ``64B-50c-r20000``."""
+        load = f"{self.pipeline}p" if self.rate is None else f"r{self.rate:g}"
+        return f"{self.size}B-{self.connections}c-{load}"
 
     @property
     def label(self) -> str:
-        """For people, such as ``64 B, 50 conns``."""
+        """For people, such as ``64 B, 50 conns`` or ``64 B, 50 conns, 20k/s``."""
         plural = "s" if self.connections > 1 else ""
         text = f"{format_size(self.size)}, {self.connections} conn{plural}"
+        if self.rate is not None:
+            return f"{text}, {format_rate(self.rate)}/s"
         return text + (f", {self.pipeline} in flight" if self.pipeline > 1 else "")
+
+
+def format_rate(rate: float) -> str:
+    """A rate for people: ``500``, ``20k``, ``1.5M``."""
+    for factor, suffix in ((1e6, "M"), (1e3, "k")):
+        if rate >= factor:
+            return f"{rate / factor:.4g}{suffix}"
+    return f"{rate:.4g}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,10 @@ class Settings:
     :param repeat: runs per server and workload
     :param clients: load generator processes, or ``None`` to choose
     :param pin: pin the server and the load generators to separate CPUs
+    :param rates: open loop: the offered loads (messages per second over all the
+        connections) to measure; empty: closed loop
+    :param poisson: open loop: exponential gaps between messages (else equal)
+    :param seed: seeds the Poisson schedule
     """
 
     servers: tuple[str, ...]
@@ -70,14 +91,24 @@ class Settings:
     repeat: int = 3
     clients: int | None = None
     pin: bool = True
+    rates: tuple[float, ...] = ()
+    poisson: bool = False
+    seed: int = 0
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether the load is offered at fixed rates."""
+        return bool(self.rates)
 
     @property
     def workloads(self) -> list[Workload]:
-        """Every size with every connection count, smallest first."""
+        """Every size with every connection count (and rate), smallest first."""
+        rates: tuple[float | None, ...] = self.rates or (None,)
         return [
-            Workload(size, connections, self.pipeline)
+            Workload(size, connections, self.pipeline, rate)
             for size in self.sizes
             for connections in self.connections
+            for rate in rates
         ]
 
 

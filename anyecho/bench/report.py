@@ -1,11 +1,11 @@
-"""The benchmark's results as one JSON document, schema ``anyecho-bench/1``.
+"""The benchmark's results as one JSON document, schema ``anyecho-bench/2``.
 
 ``anyecho bench --json FILE`` writes it, and ``anyecho bench --from-json FILE``
 reads it back to print or plot it again. The types below spell out every key;
 in short, the document is an object with:
 
 ``schema`` (str)
-    ``"anyecho-bench/1"``. Keys may be added under this name; a key removed or
+    ``"anyecho-bench/2"``. Keys may be added under this name; a key removed or
     changed in meaning gets a new one.
 ``created`` (str)
     when the benchmark started, in UTC: ``2025-01-31T12:00:00Z``
@@ -14,7 +14,8 @@ in short, the document is an object with:
 ``machine`` (object)
     ``platform``, ``system``, ``machine``, ``python_implementation`` (str),
     ``cpu_count`` (int), ``cpus_usable`` (int, or null where affinity is
-    unknown), ``cpu_model`` (str, or null where ``/proc/cpuinfo`` does not say)
+    unknown), ``cpu_model`` (str, or null where ``/proc/cpuinfo`` does not say),
+    ``kernel`` (str: the operating system's release)
 ``versions`` (object)
     version strings by package, null when not installed: ``python``, ``anyecho``,
     ``anyio``, ``trio``, ``uvloop``, and every other event loop tried
@@ -24,7 +25,11 @@ in short, the document is an object with:
     ``pipeline`` and ``repeat`` (int), ``duration_s``, ``warmup_s`` and
     ``drain_timeout_s`` (float), ``pin`` (bool), ``server_cpus`` (list of int, or
     null when not pinned), ``client_cpus`` (one per load generator process: list
-    of int or null), ``loadgen_loop`` (str: the load generator's event loop)
+    of int or null), ``loadgen_loop`` (str: the load generator's event loop),
+    ``mode`` (``"closed"``: throughput at concurrency N; ``"open"``: offered
+    load), ``rates`` (list of float: the offered loads, echoes/s; empty in
+    closed loop), ``schedule`` (``"fixed"``, ``"poisson"``, or null in closed
+    loop) and ``seed`` (int: seeds the Poisson schedule)
 ``servers`` (list of objects)
     every server asked for: ``name``, ``description`` (str), ``command`` (list of
     str), ``status`` (``"ok"``; ``"unavailable"``: a package is missing;
@@ -32,28 +37,45 @@ in short, the document is an object with:
     (str, or null when ok)
 ``workloads`` (list of objects)
     ``id`` (str: the key that runs and results use), ``label`` (str), ``size``,
-    ``connections``, ``pipeline`` (int)
+    ``connections``, ``pipeline`` (int), ``rate`` (float: echoes/s offered, or
+    null in closed loop)
 ``runs`` (list of objects)
     every run, in the order they ran: ``index``, ``round`` (int, from 0),
     ``server``, ``workload`` (str), ``ok`` (bool), ``error`` (str or null),
     ``window_s`` (float: seconds measured), ``echoes`` (int: round trips in the
     window), ``echoes_per_s``, ``mib_per_s`` (float: MiB echoed per second, each
-    way), ``latency_us`` (round-trip times in µs: object with float ``p50``,
-    ``p90``, ``p99``, ``max``; null without echoes), ``server_cpu_s`` and
+    way; in open loop, the achieved rate), ``latency_us`` (round-trip times in
+    µs, in open loop from each message's intended send time: object with float
+    ``p50``, ``p90``, ``p99``, ``p999``, ``max``; null without echoes),
+    ``server_cpu_s`` and
     ``cpu_us_per_echo`` (float: the server's CPU time in the window, in all and per
     echo; null where it cannot be read), ``client_cpu_percent`` (list of float:
     each load generator process's CPU use in the window, in % of one core),
-    ``client_saturated`` (bool: one of them was near 100 %)
+    ``client_saturated`` (bool: one of them was near 100 %),
+    ``client_cpu_us_per_echo`` (float: the load generators' CPU time per echo, or
+    null), ``mode`` (as in settings), ``requested_rate`` (float or null),
+    ``scheduled`` (int: open loop, messages due in the window), ``send_lag_us``
+    (open loop: how late the load generator handed messages to their
+    connections, as ``latency_us``; else null), ``held_rate`` (bool: the achieved
+    rate was at least 95 % of the requested one; null in closed loop),
+    ``loadgen_limited`` (bool: the load generator, not the server, was the
+    limit: near 100 % CPU, or behind its schedule) and ``limited_by`` (str: how,
+    or null)
 ``results`` (list of objects)
     one per server that ran and workload: ``server``, ``workload`` (str), ``ok``
     (bool: every run was), ``error`` (str or null: the first failure), ``runs``
     (int), ``client_saturated`` (bool: in any run); summaries over the runs, each
     an object with float ``median``, ``min`` and ``max``, and null unless ``ok``:
     ``echoes_per_s``, ``mib_per_s``, ``cpu_us_per_echo`` (also null when unknown),
-    ``latency_us`` (object: ``p50``, ``p90``, ``p99``, ``max``, each a summary),
-    ``client_cpu_percent`` (of the busiest load generator process in each run);
-    and ``ratio`` (object: ``echoes_per_s`` and ``cpu_us_per_echo``, float: the
-    median over the baseline's median for the same workload; null without one)
+    ``latency_us`` (object: ``p50``, ``p90``, ``p99``, ``p999``, ``max``, each a
+    summary), ``client_cpu_percent`` (of the busiest load generator process in
+    each run), ``client_cpu_us_per_echo``, ``send_lag_us_p99``;
+    ``requested_rate`` (float or null), ``held_rate`` (bool or null: in every
+    run), ``loadgen_limited`` (bool: in any run) and ``limited_by`` (str or
+    null); and ``ratio`` (object: ``echoes_per_s`` and ``cpu_us_per_echo``,
+    float: the median over the baseline's median for the same workload; null
+    without one, and null where this server's or the baseline's figure was the
+    load generator's limit)
 ``warnings`` (list of str)
     what may make the figures less trustworthy (a saturated load generator, a
     single CPU, ...)
@@ -88,11 +110,20 @@ __all__ = [
 ]
 
 #: The value of the ``schema`` key.
-SCHEMA = "anyecho-bench/1"
+SCHEMA = "anyecho-bench/2"
 
 #: A load generator process above this CPU use (% of one core) may have held the
-#: server back.
+#: server back: the run measured the load generator, not the server.
 SATURATED_PERCENT = 90.0
+#: Open loop: a load generator whose send lag (how late it handed messages to
+#: their connections) has a 99th percentile above this fell behind its own
+#: schedule, so the latencies include its delay (µs) ...
+LAG_LIMIT_US = 1000.0
+#: ... when that lag is also more than this share of the round trips' own p99.
+LAG_SHARE = 0.25
+#: Open loop: a run that completes fewer echoes per second than this fraction of
+#: the offered rate did not hold it.
+HELD_FRACTION = 0.95
 
 #: Failures of one run listed in its ``error``.
 _ERRORS_SHOWN = 3
@@ -106,6 +137,7 @@ class MachineRecord(TypedDict):
     cpu_count: int
     cpus_usable: int | None
     cpu_model: str | None
+    kernel: str
 
 
 class SettingsRecord(TypedDict):
@@ -122,6 +154,10 @@ class SettingsRecord(TypedDict):
     server_cpus: list[int] | None
     client_cpus: list[list[int] | None]
     loadgen_loop: str
+    mode: Literal["closed", "open"]
+    rates: list[float]
+    schedule: Literal["fixed", "poisson"] | None
+    seed: int
 
 
 ServerStatus = Literal["ok", "unavailable", "unsupported"]
@@ -141,12 +177,14 @@ class WorkloadRecord(TypedDict):
     size: int
     connections: int
     pipeline: int
+    rate: float | None
 
 
 class Latency(TypedDict):
     p50: float
     p90: float
     p99: float
+    p999: float
     max: float
 
 
@@ -166,6 +204,14 @@ class RunRecord(TypedDict):
     cpu_us_per_echo: float | None
     client_cpu_percent: list[float]
     client_saturated: bool
+    client_cpu_us_per_echo: float | None
+    mode: Literal["closed", "open"]
+    requested_rate: float | None
+    scheduled: int
+    send_lag_us: Latency | None
+    held_rate: bool | None
+    loadgen_limited: bool
+    limited_by: str | None
 
 
 class Summary(TypedDict):
@@ -178,6 +224,7 @@ class LatencySummary(TypedDict):
     p50: Summary
     p90: Summary
     p99: Summary
+    p999: Summary
     max: Summary
 
 
@@ -198,6 +245,12 @@ class ResultRecord(TypedDict):
     cpu_us_per_echo: Summary | None
     latency_us: LatencySummary | None
     client_cpu_percent: Summary | None
+    client_cpu_us_per_echo: Summary | None
+    requested_rate: float | None
+    send_lag_us_p99: Summary | None
+    held_rate: bool | None
+    loadgen_limited: bool
+    limited_by: str | None
     ratio: Ratio
 
 
@@ -225,6 +278,9 @@ class Measurement:
     :param server_cpu_s: the server's CPU time in the window, if known
     :param client_cpu_s: each load generator process's CPU time in the window
     :param errors: every failure seen, most telling first
+    :param requested_rate: open loop: the offered load (messages/s)
+    :param scheduled: open loop: messages due within the window
+    :param lag: open loop: the load generators' send lag (ns)
     """
 
     window_s: float
@@ -233,6 +289,9 @@ class Measurement:
     server_cpu_s: float | None = None
     client_cpu_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    requested_rate: float | None = None
+    scheduled: int = 0
+    lag: Histogram = field(default_factory=Histogram)
 
 
 def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
@@ -242,6 +301,23 @@ def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
     errors = measured.errors or ([] if echoes else ["no echo completed in the window"])
     client_percent = [round(cpu / window * 100, 1) for cpu in measured.client_cpu_s]
     cpu = measured.server_cpu_s
+    client_cpu = sum(measured.client_cpu_s)
+    lag = _latency(measured.lag)
+    rate = measured.requested_rate
+    held = None if rate is None else echoes / window >= HELD_FRACTION * rate
+    limits = []
+    if (busiest := max(client_percent, default=0.0)) >= SATURATED_PERCENT:
+        limits.append(f"load generator at {busiest:.0f} % CPU")
+    latency = _latency(measured.latency)
+    if (
+        lag is not None
+        and lag["p99"] > LAG_LIMIT_US
+        and (latency is None or lag["p99"] > LAG_SHARE * latency["p99"])
+    ):
+        limits.append(
+            f"load generator behind its schedule (send lag p99 "
+            f"{lag['p99'] / 1e3:.1f} ms)"
+        )
     return {
         "index": run.index,
         "round": run.round,
@@ -253,11 +329,19 @@ def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
         "echoes": echoes,
         "echoes_per_s": echoes / window,
         "mib_per_s": echoes * run.workload.size / window / (1 << 20),
-        "latency_us": _latency(measured.latency),
+        "latency_us": latency,
         "server_cpu_s": cpu,
         "cpu_us_per_echo": cpu / echoes * 1e6 if cpu is not None and echoes else None,
         "client_cpu_percent": client_percent,
         "client_saturated": any(p >= SATURATED_PERCENT for p in client_percent),
+        "client_cpu_us_per_echo": client_cpu / echoes * 1e6 if echoes else None,
+        "mode": "closed" if rate is None else "open",
+        "requested_rate": rate,
+        "scheduled": measured.scheduled,
+        "send_lag_us": lag,
+        "held_rate": held,
+        "loadgen_limited": bool(limits),
+        "limited_by": "; ".join(limits) or None,
     }
 
 
@@ -277,6 +361,7 @@ def _latency(histogram: Histogram) -> Latency | None:
         "p50": q(0.5) / 1e3,
         "p90": q(0.9) / 1e3,
         "p99": q(0.99) / 1e3,
+        "p999": q(0.999) / 1e3,
         "max": q(1) / 1e3,
     }
 
@@ -304,6 +389,16 @@ def settings_record(
         "server_cpus": None if server_cpus is None else sorted(server_cpus),
         "client_cpus": [None if c is None else sorted(c) for c in client_cpus],
         "loadgen_loop": loadgen_loop,
+        "mode": "open" if settings.open_loop else "closed",
+        "rates": list(settings.rates),
+        "schedule": (
+            None
+            if not settings.open_loop
+            else "poisson"
+            if settings.poisson
+            else "fixed"
+        ),
+        "seed": settings.seed,
     }
 
 
@@ -315,6 +410,7 @@ def workload_record(workload: Workload) -> WorkloadRecord:
         "size": workload.size,
         "connections": workload.connections,
         "pipeline": workload.pipeline,
+        "rate": workload.rate,
     }
 
 
@@ -369,6 +465,9 @@ def _result(workload: str, server: str, runs: list[RunRecord]) -> ResultRecord:
     cpu = [r["cpu_us_per_echo"] for r in runs]
     latencies = [r["latency_us"] for r in runs]
     client = [max(r["client_cpu_percent"], default=0.0) for r in runs]
+    lags = [r["send_lag_us"]["p99"] if r["send_lag_us"] else None for r in runs]
+    held = [r["held_rate"] for r in runs]
+    limited = next((r for r in runs if r["loadgen_limited"]), None)
     return {
         "server": server,
         "workload": workload,
@@ -381,6 +480,14 @@ def _result(workload: str, server: str, runs: list[RunRecord]) -> ResultRecord:
         "cpu_us_per_echo": _summary(cpu) if ok else None,
         "latency_us": _latency_summary(latencies) if ok else None,
         "client_cpu_percent": _summary(client) if ok else None,
+        "client_cpu_us_per_echo": (
+            _summary([r["client_cpu_us_per_echo"] for r in runs]) if ok else None
+        ),
+        "requested_rate": runs[0]["requested_rate"],
+        "send_lag_us_p99": _summary(lags) if ok else None,
+        "held_rate": None if None in held else all(held),
+        "loadgen_limited": limited is not None,
+        "limited_by": None if limited is None else limited["limited_by"],
         "ratio": {"echoes_per_s": None, "cpu_us_per_echo": None},
     }
 
@@ -400,6 +507,7 @@ def _latency_summary(latencies: Sequence[Latency | None]) -> LatencySummary | No
         "p50": _median_summary([latency["p50"] for latency in known]),
         "p90": _median_summary([latency["p90"] for latency in known]),
         "p99": _median_summary([latency["p99"] for latency in known]),
+        "p999": _median_summary([latency["p999"] for latency in known]),
         "max": _median_summary([latency["max"] for latency in known]),
     }
 
@@ -409,12 +517,14 @@ def _median_summary(values: Sequence[float]) -> Summary:
 
 
 def _ratio(result: ResultRecord, base: ResultRecord | None) -> Ratio:
+    """The result over the baseline's; none where either measured the load
+    generator rather than the server."""
+    if base is None or result["loadgen_limited"] or base["loadgen_limited"]:
+        return {"echoes_per_s": None, "cpu_us_per_echo": None}
     return {
-        "echoes_per_s": _quotient(
-            result["echoes_per_s"], base and base["echoes_per_s"]
-        ),
+        "echoes_per_s": _quotient(result["echoes_per_s"], base["echoes_per_s"]),
         "cpu_us_per_echo": _quotient(
-            result["cpu_us_per_echo"], base and base["cpu_us_per_echo"]
+            result["cpu_us_per_echo"], base["cpu_us_per_echo"]
         ),
     }
 
@@ -426,12 +536,15 @@ def _quotient(value: Summary | None, base: Summary | None) -> float | None:
 
 
 def _saturation_warnings(runs: Sequence[RunRecord]) -> list[str]:
-    saturated = sum(run["client_saturated"] for run in runs)
-    if not saturated:
+    limited = sum(run["loadgen_limited"] for run in runs)
+    if not limited:
         return []
     warning = (
-        f"the load generator was near 100 % CPU in {saturated} of {len(runs)} runs "
-        "(marked !): those figures may show its limit rather than the server's"
+        f"the load generator was the limit in {limited} of {len(runs)} runs "
+        f"(near 100 % CPU, or its send lag p99 over {LAG_LIMIT_US / 1e3:g} ms and "
+        f"over {LAG_SHARE:.0%} of the round trips' p99; "
+        "marked !): those cells measure the load generator, not the server, and "
+        "are left out of every ratio"
     )
     return [warning]
 
@@ -447,6 +560,7 @@ def machine_record() -> MachineRecord:
         "cpu_count": os.cpu_count() or 1,
         "cpus_usable": None if usable is None else len(usable),
         "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
     }
 
 

@@ -201,8 +201,20 @@ def measure(
     workload = run.workload
     shares = split_connections(workload.connections, len(generators))
     active = generators[: len(shares)]
-    for generator, (first, count) in zip(active, shares, strict=True):
-        job = Job(server.port, count, first, workload.size, workload.pipeline)
+    for index, (generator, (first, count)) in enumerate(
+        zip(active, shares, strict=True)
+    ):
+        rate = workload.rate
+        job = Job(
+            server.port,
+            count,
+            first,
+            workload.size,
+            workload.pipeline,
+            rate=None if rate is None else rate * count / workload.connections,
+            poisson=settings.poisson,
+            seed=settings.seed * 1000 + run.index * 10 + index,
+        )
         generator.send(job=asdict(job))
     for generator in active:
         generator.receive("connected", LOADGEN_TIMEOUT)
@@ -219,7 +231,7 @@ def measure(
         JobResult.from_json(generator.receive("result", timeout))
         for generator in active
     ]
-    measured = Measurement(window_s=settings.duration)
+    measured = Measurement(window_s=settings.duration, requested_rate=workload.rate)
     if cpu_before is not None and cpu_after is not None:
         measured.server_cpu_s = cpu_after - cpu_before
     if (reason := server.exit_reason()) is not None:
@@ -227,6 +239,8 @@ def measure(
     for result in results:
         measured.echoes += result.echoes
         measured.latency.merge(result.latency)
+        measured.lag.merge(result.lag)
+        measured.scheduled += result.scheduled
         measured.client_cpu_s.append(result.cpu_s)
         measured.errors += result.errors
     return measured

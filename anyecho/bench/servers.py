@@ -38,6 +38,10 @@ _FRAME_LINE = re.compile(r'^[\s|+]*File ".*", line \d+, in (\S+)')
 #: hundred small messages, so that even a short run hits the fault.
 FAULT_AFTER = 10_000
 
+#: How long the stalling server blocks its loop, and how often (seconds).
+STALL = 0.15
+STALL_EVERY = 0.5
+
 #: Asyncio loops besides the stock one and uvloop that the benchmark tries when
 #: their package is installed: module name and loop factory.
 EXTRA_LOOPS = {"rloop": "new_event_loop", "winloop": "new_event_loop"}
@@ -154,6 +158,17 @@ def registry() -> dict[str, ServerSpec]:
         )
         for loop, backend in anyio_loops.items()
     ]
+    specs.append(
+        ServerSpec(
+            "stalling",
+            f"asyncio.Protocol that blocks its loop {STALL * 1e3:g} ms every "
+            f"{STALL_EVERY * 1e3:g} ms",
+            base + "stalling",
+            ("--stall", str(STALL), "--every", str(STALL_EVERY)),
+            "asyncio",
+            hidden=True,
+        )
+    )
     specs += [
         ServerSpec(
             name,
