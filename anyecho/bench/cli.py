@@ -229,6 +229,12 @@ def add_parser(subparsers: Any) -> None:
         "the terminal table",
     )
     out.add_argument(
+        "--wide",
+        action="store_true",
+        help="every figure in the tables (default: the telling ones, to fit 100 "
+        "columns)",
+    )
+    out.add_argument(
         "--plot",
         type=_plot_path,
         metavar="FILE",
@@ -376,19 +382,25 @@ def _load(path: Path) -> Report:
 def _write_outputs(report: Report, args: argparse.Namespace) -> None:
     from . import render
 
+    written: list[Path] = []
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+        written.append(args.json)
     if args.markdown == "-":
-        sys.stdout.write(render.markdown(report))
+        sys.stdout.write(render.markdown(report, wide=args.wide))
     else:
-        _print_table(report)
+        _print_table(report, wide=args.wide)
         if args.markdown is not None:
-            Path(args.markdown).write_text(render.markdown(report))
+            Path(args.markdown).write_text(render.markdown(report, wide=args.wide))
+            written.append(Path(args.markdown))
     if args.plot is not None:
         render.plot(report, args.plot, args.plot_metric)
+        written.append(args.plot)
+    if written:
+        sys.stderr.write(f"wrote {', '.join(map(str, written))}\n")
 
 
-def _print_table(report: Report) -> None:
+def _print_table(report: Report, *, wide: bool) -> None:
     """A rich table on a terminal wide enough for it, plain text otherwise."""
     from . import render
 
@@ -396,8 +408,8 @@ def _print_table(report: Report) -> None:
         from rich.console import Console
 
         console = Console()
-        table = render.rich_table(report)
+        table = render.rich_table(report, wide=wide)
         if console.measure(table).maximum <= console.width:
             console.print(table)
             return
-    sys.stdout.write(render.text(report))
+    sys.stdout.write(render.text(report, wide=wide))

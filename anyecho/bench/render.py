@@ -9,6 +9,7 @@ the table; ``!`` marks figures that the load generator may have limited.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,37 +67,151 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _row(
-    result: ResultRecord, label: str, baseline: str | None, note: Callable[[str], int]
-) -> list[str]:
-    cells = [result["server"]]
+def _time(us: float) -> str:
+    """A duration in µs, short: ``84µs``, ``4.2ms``, ``146ms``, ``1.2s``."""
+    if us >= 1e6:
+        return f"{us / 1e6:.3g}s"
+    if us >= 1e3:
+        return f"{us / 1e3:.3g}ms"
+    return f"{us:.3g}µs"
+
+
+def _time_median(summary: Summary | None) -> str:
+    return "n/a" if summary is None else _time(summary["median"])
+
+
+#: The context lines above a table wrap at this width.
+CONTEXT_WIDTH = 100
+
+#: What marks a figure in the tables, and what the mark means.
+LIMITED_MARK = "!"
+SHORT_MARK = "<"
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One column: its header, compact or wide, and how a result fills it."""
+
+    header: str
+    cell: Callable[[ResultRecord], str]
+    wide_only: bool = False
+    explain: str = ""
+
+
+def _rate_cell(result: ResultRecord) -> str:
     rate = result["echoes_per_s"]
-    latency = result["latency_us"]
-    if not result["ok"] or rate is None or latency is None:
-        number = note(f"{result['server']} ({label}): {result['error']}")
-        return [*cells, f"FAILED [{number}]"]
-    mark = " !" if result["client_saturated"] else ""
-    cells += [
-        _number(rate["median"]) + mark,
-        f"{_short(rate['min'])}..{_short(rate['max'])}",
-        _median(result["mib_per_s"]),
-        *(_median(latency[q]) for q in ("p50", "p90", "p99", "max")),
-        _median(result["cpu_us_per_echo"]),
-        _median(result["client_cpu_percent"]),
+    assert rate is not None
+    marks = LIMITED_MARK if result["loadgen_limited"] else ""
+    marks += SHORT_MARK if result["held_rate"] is False else ""
+    return _short(rate["median"]) + marks
+
+
+def _spread_cell(result: ResultRecord) -> str:
+    rate = result["echoes_per_s"]
+    assert rate is not None
+    return f"{_short(rate['min'])}..{_short(rate['max'])}"
+
+
+def _latency_cell(quantile: str) -> Callable[[ResultRecord], str]:
+    def cell(result: ResultRecord) -> str:
+        latency = result["latency_us"]
+        return "n/a" if latency is None else _time_median(latency[quantile])  # type: ignore[literal-required]
+
+    return cell
+
+
+def _ratio_cell(key: str) -> Callable[[ResultRecord], str]:
+    def cell(result: ResultRecord) -> str:
+        if result["loadgen_limited"]:
+            return LIMITED_MARK
+        return _ratio(result["ratio"][key])  # type: ignore[literal-required]
+
+    return cell
+
+
+def _columns(report: Report, *, wide: bool) -> list[_Column]:
+    """The columns of the table, by load mode; only the telling ones unless
+    ``wide``."""
+    settings = report["settings"]
+    baseline = settings["baseline"]
+    open_loop = settings["mode"] == "open"
+    columns: list[_Column] = []
+    if open_loop:
+        columns.append(
+            _Column(
+                "achieved/s",
+                _rate_cell,
+                explain="achieved/s: echoes completed per second",
+            )
+        )
+    else:
+        columns.append(_Column("echoes/s", _rate_cell))
+    if settings["repeat"] > 1:
+        columns.append(
+            _Column(
+                "min..max",
+                _spread_cell,
+                wide_only=open_loop,
+                explain="min..max: the spread of echoes/s over the runs",
+            )
+        )
+    columns.append(_Column("MiB/s", lambda r: _median(r["mib_per_s"]), wide_only=True))
+    columns += [
+        _Column("p50", _latency_cell("p50")),
+        _Column("p90", _latency_cell("p90"), wide_only=True),
+        _Column("p99", _latency_cell("p99")),
+        _Column("p99.9", _latency_cell("p999"), wide_only=not open_loop),
+        _Column("max", _latency_cell("max"), wide_only=True),
+        _Column(
+            "srv µs/e",
+            lambda r: _median(r["cpu_us_per_echo"]),
+            explain="srv µs/e, lg µs/e: CPU time per echo of the server and of "
+            "the load generator",
+        ),
+        _Column("lg µs/e", lambda r: _median(r["client_cpu_us_per_echo"])),
+        _Column(
+            "lg %",
+            lambda r: _median(r["client_cpu_percent"]),
+            wide_only=True,
+            explain="lg %: CPU use of the busiest load generator process",
+        ),
     ]
+    if open_loop:
+        columns.append(
+            _Column(
+                "lag p99",
+                lambda r: _time_median(r["send_lag_us_p99"]),
+                wide_only=True,
+                explain="lag p99: how late the load generator sent its messages",
+            )
+        )
     if baseline is not None:
-        ratio = result["ratio"]
-        cells += [_ratio(ratio["echoes_per_s"]), _ratio(ratio["cpu_us_per_echo"])]
-    return cells
+        columns.append(
+            _Column(
+                f"x {baseline}",
+                _ratio_cell("echoes_per_s"),
+                wide_only=open_loop,
+                explain=f"x {baseline}: echoes/s over {baseline}'s",
+            )
+        )
+        columns.append(
+            _Column(
+                f"CPU x {baseline}",
+                _ratio_cell("cpu_us_per_echo"),
+                explain=f"CPU x {baseline}: server CPU per echo over {baseline}'s",
+            )
+        )
+    return [column for column in columns if wide or not column.wide_only]
 
 
-def table(report: Report) -> Table:
-    """Lay out ``report`` as rows, one group per workload."""
-    baseline = report["settings"]["baseline"]
-    header = ["workload", "server", "echoes/s", "min..max", "MiB/s"]
-    header += ["p50 µs", "p90 µs", "p99 µs", "max µs", "CPU µs/echo", "client %"]
-    if baseline is not None:
-        header += [f"x {baseline}", f"CPU x {baseline}"]
+def table(report: Report, *, wide: bool = False) -> Table:
+    """Lay out ``report`` as rows, one group per workload.
+
+    By default only the telling columns, with short headers explained in the
+    notes (so that the table fits 100 columns); ``wide``: every figure.
+    """
+    columns = _columns(report, wide=wide)
+    header = ["workload", "server", *(column.header for column in columns)]
     notes: list[str] = []
 
     def note(text: str) -> int:
@@ -107,13 +222,33 @@ def table(report: Report) -> Table:
     groups: dict[str, list[list[str]]] = {}
     for result in report["results"]:
         label = labels[result["workload"]]
-        groups.setdefault(label, []).append(_row(result, label, baseline, note))
+        row = [result["server"]]
+        if not result["ok"] or result["echoes_per_s"] is None:
+            number = note(f"{result['server']} ({label}): {result['error']}")
+            row.append(f"FAILED [{number}]")
+        else:
+            row += [column.cell(result) for column in columns]
+        groups.setdefault(label, []).append(row)
     notes += [
         f"not run: {server['name']}: {server['status']}: {server['reason']}"
         for server in report["servers"]
         if server["status"] != "ok"
     ]
-    notes += [f"warning: {warning}" for warning in report["warnings"]]
+    explained = [column.explain for column in columns if column.explain]
+    limited = [r for r in report["results"] if r["loadgen_limited"]]
+    if limited:
+        explained.append(
+            f"{LIMITED_MARK}: the load generator was the limit (near 100 % CPU, or "
+            "behind its schedule): not a server figure, left out of the ratios"
+        )
+    if any(r["held_rate"] is False for r in report["results"]):
+        explained.append(f"{SHORT_MARK}: the server did not hold the offered rate")
+    notes += explained
+    notes += [
+        f"warning: {warning}"
+        for warning in report["warnings"]
+        if not (limited and warning.startswith("the load generator was the limit"))
+    ]
     if not report["complete"]:
         notes.append("interrupted: only the runs done so far are shown")
     return Table(header, list(groups.items()), notes)
@@ -136,61 +271,78 @@ def context(report: Report) -> list[str]:
         if settings["server_cpus"] is not None
         else "not pinned to CPUs"
     )
-    runs = "1 run" if settings["repeat"] == 1 else f"{settings['repeat']} runs"
+    runs = (
+        "1 run" if settings["repeat"] == 1 else f"median of {settings['repeat']} runs"
+    )
+    if settings["mode"] == "open":
+        load = (
+            f"open loop ({settings['schedule']} schedule, seed {settings['seed']}): "
+            "latency from each message's intended send time"
+        )
+    else:
+        load = "closed loop: throughput at concurrency N"
     how = (
-        f"median of {runs} of {settings['duration_s']:g} s after "
+        f"{load}; {runs} of {settings['duration_s']:g} s after "
         f"{settings['warmup_s']:g} s warm-up; {pinned}; load generator on "
         f"{settings['loadgen_loop']}"
     )
-    return [f"{packages}; {where}", how]
+    return [
+        *textwrap.wrap(f"{packages}; {where}", CONTEXT_WIDTH),
+        *textwrap.wrap(how, CONTEXT_WIDTH),
+    ]
 
 
 def _cpus(cpus: Sequence[int] | None) -> str:
     return "any" if cpus is None else ",".join(map(str, cpus))
 
 
-def text(report: Report) -> str:
-    """``report`` as a plain-text table, for a terminal or a log."""
-    laid_out = table(report)
-    groups = [
-        [[label if index == 0 else "", *row] for index, row in enumerate(rows)]
-        for label, rows in laid_out.groups
-    ]
-    every_row = [laid_out.header, *(row for group in groups for row in group)]
+def text(report: Report, *, wide: bool = False) -> str:
+    """``report`` as a plain-text table, for a terminal or a log.
+
+    Each workload is a heading line over its servers' rows, so that neither
+    its label nor the servers' names need cutting.
+    """
+    laid_out = table(report, wide=wide)
+    header = laid_out.header[1:]
+    every_row = [header, *(row for _, rows in laid_out.groups for row in rows)]
     widths = [
         max(len(row[i]) for row in every_row if i < len(row))
-        for i in range(len(laid_out.header))
+        for i in range(len(header))
     ]
+    widths[0] = max(widths[0], len(header[0])) + 2
 
     def line(cells: list[str]) -> str:
         # A failed server's row is short: it ends after its "FAILED" cell.
         pairs = list(zip(cells, widths, strict=False))
-        left = [cell.ljust(width) for cell, width in pairs[:2]]
-        right = [cell.rjust(width) for cell, width in pairs[2:]]
+        left = [("  " + cell).ljust(width) for cell, width in pairs[:1]]
+        right = [cell.rjust(width) for cell, width in pairs[1:]]
         return "  ".join(left + right).rstrip()
 
-    lines = [
-        *context(report),
-        "",
-        line(laid_out.header),
-        "-" * sum(widths, 2 * len(widths) - 2),
+    lines = [*context(report), "", line(header)]
+    lines.append("-" * len(lines[-1]))
+    for label, rows in laid_out.groups:
+        lines.append(label)
+        lines += [line(row) for row in rows]
+    notes = [
+        wrapped
+        for note in laid_out.notes
+        for wrapped in textwrap.wrap(note, CONTEXT_WIDTH, subsequent_indent="    ")
     ]
-    for index, group in enumerate(groups):
-        lines += [""] * (index > 0) + [line(row) for row in group]
-    return "\n".join([*lines, "", *laid_out.notes]).rstrip() + "\n"
+    return "\n".join([*lines, "", *notes]).rstrip() + "\n"
 
 
-def rich_table(report: Report) -> RichTable:
+def rich_table(report: Report, *, wide: bool = False) -> RichTable:
     """``report`` as a :class:`rich.table.Table` (needs ``rich``)."""
     from rich.table import Table as RichTable
 
-    laid_out = table(report)
+    laid_out = table(report, wide=wide)
     result = RichTable(title="\n".join(context(report)), title_justify="left")
-    for index, name in enumerate(laid_out.header):
-        result.add_column(name, justify="left" if index < 2 else "right")
+    for index, name in enumerate(laid_out.header[1:]):
+        result.add_column(name, justify="left" if index < 1 else "right", no_wrap=True)
     for label, rows in laid_out.groups:
-        for index, row in enumerate(rows):
-            result.add_row(label if index == 0 else "", *row)
+        result.add_row(f"[bold]{label}[/bold]")
+        for row in rows:
+            result.add_row(*row)
         result.add_section()
     result.caption = "\n".join(laid_out.notes) or None
     result.caption_justify = "left"
@@ -201,21 +353,24 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def markdown(report: Report) -> str:
-    """``report`` as a Markdown table, with its context above and notes below."""
-    laid_out = table(report)
-    columns = len(laid_out.header)
+def markdown(report: Report, *, wide: bool = False) -> str:
+    """``report`` as Markdown: its context, one narrow table per workload (so
+    that no table needs a scrollbar), and the notes."""
+    laid_out = table(report, wide=wide)
+    header = laid_out.header[1:]
+    columns = len(header)
     lines = [f"{line}\n" for line in context(report)]
-    lines.append("| " + " | ".join(laid_out.header) + " |")
-    lines.append("|" + "---|" * 2 + "--:|" * (columns - 2))
     for label, rows in laid_out.groups:
+        lines += [f"**{_markdown_cell(label)}**", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|---|" + "--:|" * (columns - 1))
         for row in rows:
-            cells = [label, *row] + [""] * (columns - 1 - len(row))
+            cells = row + [""] * (columns - len(row))
             lines.append("| " + " | ".join(map(_markdown_cell, cells)) + " |")
-    if laid_out.notes:
         lines.append("")
+    if laid_out.notes:
         lines += [f"- {_markdown_cell(note)}" for note in laid_out.notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _metric(result: ResultRecord, metric: str) -> Summary | None:
