@@ -513,7 +513,7 @@ def test_a_load_generator_behind_its_schedule_is_flagged(
     assert record["mode"] == "open"
     assert record["held_rate"] is True
     assert record["loadgen_limited"] is limited
-    assert ("behind its schedule" in (record["limited_by"] or "")) is limited
+    assert ("late on its schedule" in (record["limited_by"] or "")) is limited
 
 
 def test_a_rate_the_server_does_not_hold_is_a_server_figure() -> None:

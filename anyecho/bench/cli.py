@@ -77,6 +77,19 @@ def _rate(text: str) -> float:
     return rate
 
 
+def _factor(text: str) -> float:
+    """An argparse type for a sweep's step factor: a number above 1."""
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not 1.0 < factor < 100.0:
+        raise argparse.ArgumentTypeError(
+            f"invalid factor {text!r}: expected a number above 1, such as 1.5"
+        )
+    return factor
+
+
 def _rates(text: str) -> tuple[float, ...]:
     """An argparse type for a comma-separated list of rates."""
     return tuple(dict.fromkeys(_rate(item) for item in text.split(",")))
@@ -166,6 +179,34 @@ def add_parser(subparsers: Any) -> None:
         type=_rates,
         metavar="R,...",
         help="open loop at each of these rates in turn (latency against offered load)",
+    )
+    load.add_argument(
+        "--sweep",
+        action="store_true",
+        help="open loop at rising rates (--sweep-start, times --sweep-factor at "
+        "each step) while each server holds the rate with a p99 under --p99-limit",
+    )
+    what.add_argument(
+        "--sweep-start",
+        type=_rate,
+        default=1000.0,
+        metavar="R",
+        help="the first rate of a sweep (default: 1k)",
+    )
+    what.add_argument(
+        "--sweep-factor",
+        type=_factor,
+        default=1.5,
+        metavar="F",
+        help="how much each step of a sweep raises the rate (default: %(default)s)",
+    )
+    what.add_argument(
+        "--p99-limit",
+        type=positive_seconds,
+        default=0.01,
+        metavar="SECONDS",
+        help="the round-trip p99 under which a rate counts as held, for a sweep "
+        "and for the highest rate each server held (default: %(default)s)",
     )
     what.add_argument(
         "--schedule",
@@ -350,6 +391,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         rates=args.rates or ((args.rate,) if args.rate is not None else ()),
         poisson=args.schedule == "poisson",
         seed=args.seed,
+        sweep=args.sweep,
+        sweep_start=args.sweep_start,
+        sweep_factor=args.sweep_factor,
+        p99_limit_us=args.p99_limit * 1e6,
     )
 
 

@@ -79,6 +79,12 @@ class Settings:
         connections) to measure; empty: closed loop
     :param poisson: open loop: exponential gaps between messages (else equal)
     :param seed: seeds the Poisson schedule
+    :param sweep: open loop: for each size and connection count, offer
+        ``sweep_start`` echoes/s, then ``sweep_factor`` times more at each step,
+        while a server holds the rate with a p99 under ``p99_limit_us`` (at most
+        ``sweep_steps`` steps)
+    :param p99_limit_us: the round-trip p99 (µs) a rate must stay under to count
+        as held, in a sweep and for the highest rate held in any open-loop report
     """
 
     servers: tuple[str, ...]
@@ -94,16 +100,33 @@ class Settings:
     rates: tuple[float, ...] = ()
     poisson: bool = False
     seed: int = 0
+    sweep: bool = False
+    sweep_start: float = 1000.0
+    sweep_factor: float = 1.5
+    sweep_steps: int = 20
+    p99_limit_us: float = 10_000.0
 
     @property
     def open_loop(self) -> bool:
         """Whether the load is offered at fixed rates."""
-        return bool(self.rates)
+        return bool(self.rates) or self.sweep
+
+    def sweep_rates(self) -> list[float]:
+        """The rates a sweep may offer, in order."""
+        return [
+            round(self.sweep_start * self.sweep_factor**step, 1)
+            for step in range(self.sweep_steps)
+        ]
 
     @property
     def workloads(self) -> list[Workload]:
-        """Every size with every connection count (and rate), smallest first."""
-        rates: tuple[float | None, ...] = self.rates or (None,)
+        """Every size with every connection count (and rate), smallest first.
+
+        A sweep's rates are not all known in advance: here, only its first.
+        """
+        rates: tuple[float | None, ...] = self.rates or (
+            (self.sweep_start,) if self.sweep else (None,)
+        )
         return [
             Workload(size, connections, self.pipeline, rate)
             for size in self.sizes

@@ -9,15 +9,19 @@ the table; ``!`` marks figures that the load generator may have limited.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .report import Report, ResultRecord, Summary
+from .._args import format_size
+from .plan import format_rate
+from .report import Report, ResultRecord, Summary, WorkloadRecord
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.table import Table as RichTable
 
 __all__ = ["METRICS", "Table", "markdown", "plot", "rich_table", "table", "text"]
@@ -79,6 +83,9 @@ def _time(us: float) -> str:
 def _time_median(summary: Summary | None) -> str:
     return "n/a" if summary is None else _time(summary["median"])
 
+
+#: The metrics of which less is better.
+LOWER_IS_BETTER = {"cpu_us_per_echo", "p99_us"}
 
 #: The context lines above a table wrap at this width.
 CONTEXT_WIDTH = 100
@@ -181,7 +188,6 @@ def _columns(report: Report, *, wide: bool) -> list[_Column]:
             _Column(
                 "lag p99",
                 lambda r: _time_median(r["send_lag_us_p99"]),
-                wide_only=True,
                 explain="lag p99: how late the load generator sent its messages",
             )
         )
@@ -202,6 +208,28 @@ def _columns(report: Report, *, wide: bool) -> list[_Column]:
             )
         )
     return [column for column in columns if wide or not column.wide_only]
+
+
+def highest_rates(report: Report) -> list[str]:
+    """Lines on the highest rate each server held under the p99 limit (the
+    figure to size by), for each size and connection count; none in closed loop."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for entry in report["highest_rates"]:
+        rate = entry["rate"]
+        held = "none" if rate is None else f"{format_rate(rate)}/s"
+        why = (
+            f" ({entry['stopped_by']})"
+            if entry["stopped_by"]
+            else " (the most offered)"
+        )
+        key = (entry["size"], entry["connections"])
+        groups.setdefault(key, []).append(f"{entry['server']} {held}{why}")
+    limit = _time(report["settings"]["p99_limit_us"])
+    return [
+        f"highest rate held with p99 under {limit}, {format_size(size)} x "
+        f"{connections}: " + "; ".join(entries)
+        for (size, connections), entries in groups.items()
+    ]
 
 
 def table(report: Report, *, wide: bool = False) -> Table:
@@ -234,12 +262,13 @@ def table(report: Report, *, wide: bool = False) -> Table:
         for server in report["servers"]
         if server["status"] != "ok"
     ]
+    notes += highest_rates(report)
     explained = [column.explain for column in columns if column.explain]
     limited = [r for r in report["results"] if r["loadgen_limited"]]
     if limited:
         explained.append(
             f"{LIMITED_MARK}: the load generator was the limit (near 100 % CPU, or "
-            "behind its schedule): not a server figure, left out of the ratios"
+            "late on its schedule): not a server figure, left out of the ratios"
         )
     if any(r["held_rate"] is False for r in report["results"]):
         explained.append(f"{SHORT_MARK}: the server did not hold the offered rate")
@@ -381,12 +410,35 @@ def _metric(result: ResultRecord, metric: str) -> Summary | None:
     return summary
 
 
+#: The latency chart's axis ends at this many times the p99 limit.
+OVER_LIMIT = 3
+
+#: PNG charts are at least this many pixels wide.
+PNG_WIDTH = 1600
+
+
+def _save(figure: Figure, path: Path) -> None:
+    width = figure.get_figwidth()
+    figure.savefig(path, dpi=max(100, math.ceil(PNG_WIDTH / width)))
+
+
 def plot(report: Report, path: Path, metric: str) -> None:
+    """Chart ``report`` into ``path`` (PNG or SVG, by its suffix; needs
+    ``matplotlib``): for open-loop load, latency against offered load; else
+    ``metric`` as grouped bars."""
+    if report["settings"]["mode"] == "open":
+        plot_latency(report, path)
+    else:
+        plot_bars(report, path, metric)
+
+
+def plot_bars(report: Report, path: Path, metric: str) -> None:
     """Draw ``metric`` as grouped bars (one group per workload) into ``path``.
 
-    The file type (PNG or SVG) follows the suffix. Bars show medians, whiskers the
-    spread over the runs, on a logarithmic scale; a failed server is marked
-    ``FAILED`` where its bar would be. Needs ``matplotlib``.
+    Bars show medians, whiskers the spread over the runs, on a linear axis; a
+    failed server is marked ``FAILED`` where its bar would be, and a figure that
+    was the load generator's limit is hatched and marked ``!``. The legend sits
+    below the axes, clear of the bars.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -395,32 +447,31 @@ def plot(report: Report, path: Path, metric: str) -> None:
     servers = list(dict.fromkeys(r["server"] for r in report["results"]))
     found = {(r["server"], r["workload"]): r for r in report["results"]}
     width = 0.8 / max(len(servers), 1)
-    size = (max(6.4, 0.2 * len(servers) * len(workloads) + 3), 4.8)
-    figure = Figure(figsize=size, layout="constrained")
+    figure = Figure(figsize=(12, 6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     for index, server in enumerate(servers):
-        bars: list[tuple[float, Summary]] = []
+        bars: list[tuple[float, Summary, bool]] = []
         for position, workload in enumerate(workloads):
             x = position - 0.4 + (index + 0.5) * width
             result = found.get((server, workload["id"]))
             summary = None if result is None else _metric(result, metric)
-            if summary is not None:
-                bars.append((x, summary))
+            if result is not None and summary is not None:
+                bars.append((x, summary, result["loadgen_limited"]))
             elif result is not None:
                 axes.annotate(
                     f"{server}: {'n/a' if result['ok'] else 'FAILED'}",
                     (x, 0.02),
                     xycoords=("data", "axes fraction"),
                     rotation=90,
-                    fontsize=6,
+                    fontsize=7,
                     ha="center",
                 )
         if not bars:
             continue
-        summaries = [summary for _, summary in bars]
-        axes.bar(
-            [x for x, _ in bars],
+        summaries = [summary for _, summary, _ in bars]
+        drawn = axes.bar(
+            [x for x, _, _ in bars],
             [s["median"] for s in summaries],
             width,
             yerr=[
@@ -431,12 +482,138 @@ def plot(report: Report, path: Path, metric: str) -> None:
             label=server,
             capsize=2,
         )
+        for bar, (_, summary, limited) in zip(drawn, bars, strict=True):
+            if limited:
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
+                axes.annotate(
+                    LIMITED_MARK,
+                    (bar.get_x() + bar.get_width() / 2, summary["median"]),
+                    ha="center",
+                    va="bottom",
+                    fontsize=9,
+                )
     axes.set_xticks(range(len(workloads)), [w["label"] for w in workloads])
-    axes.set_yscale("log")
+    axes.set_ylim(bottom=0)
     axes.set_ylabel(METRICS[metric])
-    axes.set_title(f"anyecho bench: {METRICS[metric]}", fontsize="medium")
-    axes.legend(fontsize="small", ncols=2)
-    figure.savefig(path)
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    title = f"anyecho bench: {METRICS[metric]} ({better} is better)"
+    if any(r["loadgen_limited"] for r in report["results"]):
+        title += (
+            f"\nhatched, {LIMITED_MARK}: the load generator's limit, not the server's"
+        )
+    axes.set_title(title, fontsize="large")
+    axes.grid(axis="y", alpha=0.3)
+    figure.legend(
+        loc="outside lower center", ncols=min(len(servers), 4), fontsize="medium"
+    )
+    _save(figure, path)
+
+
+def _panel(workload: WorkloadRecord) -> tuple[int, int]:
+    return workload["size"], workload["connections"]
+
+
+def _quantile_ms(result: ResultRecord, quantile: str) -> float:
+    latency = result["latency_us"]
+    assert latency is not None
+    summary = latency["p99"] if quantile == "p99" else latency["p50"]
+    return summary["median"] / 1e3
+
+
+def plot_latency(report: Report, path: Path) -> None:
+    """Draw round-trip latency against offered load into ``path``: one panel
+    per size and connection count, one line per server (p99 solid, p50 dashed),
+    on linear axes. Points where the load generator was the limit are hollow;
+    where the server did not hold the rate, crossed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    workloads = {w["id"]: w for w in report["workloads"] if w["rate"] is not None}
+    panels = list(
+        dict.fromkeys((w["size"], w["connections"]) for w in workloads.values())
+    )
+    servers = list(dict.fromkeys(r["server"] for r in report["results"]))
+    columns = min(len(panels), 2) or 1
+    rows = math.ceil(len(panels) / columns) or 1
+    figure = Figure(figsize=(12, 1 + 4.5 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    # Lines far over the p99 limit (a stalling server) would flatten the others:
+    # the axis ends at a few times the limit, and what lies beyond is labelled.
+    limit_ms = report["settings"]["p99_limit_us"] / 1e3
+    top = OVER_LIMIT * limit_ms
+    for panel, (size, connections) in enumerate(panels):
+        axes = grid[panel // columns][panel % columns]
+        for index, server in enumerate(servers):
+            points = sorted(
+                (
+                    (workloads[r["workload"]]["rate"] or 0.0, r)
+                    for r in report["results"]
+                    if r["server"] == server
+                    and r["workload"] in workloads
+                    and _panel(workloads[r["workload"]]) == (size, connections)
+                    and r["latency_us"] is not None
+                ),
+                key=lambda point: point[0],
+            )
+            if not points:
+                continue
+            color = f"C{index % 10}"
+            rates = [rate for rate, _ in points]
+            for quantile, style in (("p99", "-"), ("p50", "--")):
+                exact = [_quantile_ms(r, quantile) for _, r in points]
+                values = [min(value, top) for value in exact]
+                axes.plot(
+                    rates,
+                    values,
+                    style,
+                    marker="." if quantile == "p99" else None,
+                    color=color,
+                    label=server if quantile == "p99" else None,
+                    linewidth=2 if quantile == "p99" else 1,
+                )
+                for rate, value in zip(rates, exact, strict=True):
+                    if value > top:
+                        axes.annotate(
+                            f"{quantile} {value:.3g} ms ^",
+                            (rate, top),
+                            color=color,
+                            fontsize=8,
+                            ha="left",
+                            va="top",
+                        )
+                for rate, value, (_, r) in zip(rates, values, points, strict=True):
+                    if r["loadgen_limited"]:
+                        axes.plot(rate, value, "o", mfc="white", color=color)
+                    elif r["held_rate"] is False:
+                        axes.plot(rate, value, "x", color=color)
+        axes.axhline(
+            limit_ms,
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+        )
+        axes.set_title(
+            f"{format_size(size)}, {connections} conn{'s' * (connections > 1)}"
+        )
+        axes.set_xlabel("offered load (echoes/s)")
+        axes.set_ylabel("round trip (ms)")
+        axes.set_xlim(left=0)
+        axes.set_ylim(0, top * 1.05)
+        axes.grid(alpha=0.3)
+    for panel in range(len(panels), rows * columns):
+        grid[panel // columns][panel % columns].set_visible(False)
+    figure.suptitle(
+        "anyecho bench: round-trip latency against offered load (lower is better)"
+        "\np99 solid, p50 dashed, from each message's intended send time; dotted: "
+        "the p99 limit; hollow: the load generator's limit; x: rate not held",
+        fontsize="large",
+    )
+    figure.legend(
+        loc="outside lower center", ncols=min(len(servers), 4), fontsize="medium"
+    )
+    _save(figure, path)
 
 
 def _has_results(report: Report, workload: str) -> bool:

@@ -59,7 +59,7 @@ in short, the document is an object with:
     connections, as ``latency_us``; else null), ``held_rate`` (bool: the achieved
     rate was at least 95 % of the requested one; null in closed loop),
     ``loadgen_limited`` (bool: the load generator, not the server, was the
-    limit: near 100 % CPU, or behind its schedule) and ``limited_by`` (str: how,
+    limit: near 100 % CPU, or late on its schedule) and ``limited_by`` (str: how,
     or null)
 ``results`` (list of objects)
     one per server that ran and workload: ``server``, ``workload`` (str), ``ok``
@@ -105,8 +105,10 @@ __all__ = [
     "ServerRecord",
     "ServerStatus",
     "build",
+    "holds",
     "run_record",
     "settings_record",
+    "sweep_goes_on",
 ]
 
 #: The value of the ``schema`` key.
@@ -158,6 +160,8 @@ class SettingsRecord(TypedDict):
     rates: list[float]
     schedule: Literal["fixed", "poisson"] | None
     seed: int
+    sweep: bool
+    p99_limit_us: float
 
 
 ServerStatus = Literal["ok", "unavailable", "unsupported"]
@@ -254,6 +258,14 @@ class ResultRecord(TypedDict):
     ratio: Ratio
 
 
+class HighestRate(TypedDict):
+    server: str
+    size: int
+    connections: int
+    rate: float | None
+    stopped_by: str | None
+
+
 class Report(TypedDict):
     schema: str
     created: str
@@ -265,6 +277,7 @@ class Report(TypedDict):
     workloads: list[WorkloadRecord]
     runs: list[RunRecord]
     results: list[ResultRecord]
+    highest_rates: list[HighestRate]
     warnings: list[str]
 
 
@@ -315,7 +328,7 @@ def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
         and (latency is None or lag["p99"] > LAG_SHARE * latency["p99"])
     ):
         limits.append(
-            f"load generator behind its schedule (send lag p99 "
+            f"load generator late on its schedule (send lag p99 "
             f"{lag['p99'] / 1e3:.1f} ms)"
         )
     return {
@@ -343,6 +356,35 @@ def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
         "loadgen_limited": bool(limits),
         "limited_by": "; ".join(limits) or None,
     }
+
+
+def holds(runs: Sequence[RunRecord], p99_limit_us: float) -> bool:
+    """Whether a server held an offered rate in these runs of it: every one
+    succeeded, completed at least 95 % of the rate, with a p99 under the limit,
+    and the load generator was not the limit."""
+    return bool(runs) and all(
+        run["ok"]
+        and run["held_rate"] is not False
+        and not run["loadgen_limited"]
+        and run["latency_us"] is not None
+        and run["latency_us"]["p99"] <= p99_limit_us
+        for run in runs
+    )
+
+
+def sweep_goes_on(runs: Sequence[RunRecord], p99_limit_us: float) -> bool:
+    """Whether a sweep offers a server the next rate after these runs of it: it
+    held this one with a p99 under the limit, and the load generator had CPU to
+    spare. (A load generator late on its schedule does not stop a sweep; it only
+    keeps that rate out of :func:`highest_rates`.)"""
+    return bool(runs) and all(
+        run["ok"]
+        and run["held_rate"] is not False
+        and not run["client_saturated"]
+        and run["latency_us"] is not None
+        and run["latency_us"]["p99"] <= p99_limit_us
+        for run in runs
+    )
 
 
 def _join_errors(errors: Sequence[str]) -> str | None:
@@ -399,6 +441,8 @@ def settings_record(
             else "fixed"
         ),
         "seed": settings.seed,
+        "sweep": settings.sweep,
+        "p99_limit_us": settings.p99_limit_us,
     }
 
 
@@ -425,6 +469,7 @@ def build(
     warnings: list[str],
 ) -> Report:
     """The whole document, with the results summed up from the runs."""
+    summed = results(runs, settings["servers"], settings["baseline"])
     return {
         "schema": SCHEMA,
         "created": created,
@@ -435,7 +480,10 @@ def build(
         "servers": servers,
         "workloads": [workload_record(w) for w in workloads],
         "runs": runs,
-        "results": results(runs, settings["servers"], settings["baseline"]),
+        "results": summed,
+        "highest_rates": highest_rates(
+            runs, [workload_record(w) for w in workloads], settings["p99_limit_us"]
+        ),
         "warnings": warnings + _saturation_warnings(runs),
     }
 
@@ -457,6 +505,59 @@ def results(
         base = summaries.get((workload, baseline)) if baseline else None
         result["ratio"] = _ratio(result, base)
     return list(summaries.values())
+
+
+def highest_rates(
+    runs: Sequence[RunRecord],
+    workloads: Sequence[WorkloadRecord],
+    p99_limit_us: float,
+) -> list[HighestRate]:
+    """For each server, size and connection count offered open-loop load: the
+    highest rate it held, rising from the lowest, with a p99 under the limit (see
+    :func:`holds`), and what stopped it at the next."""
+    by_id = {w["id"]: w for w in workloads}
+    grouped: dict[tuple[str, int, int], dict[float, list[RunRecord]]] = {}
+    for run in runs:
+        workload = by_id[run["workload"]]
+        if workload["rate"] is None:
+            continue
+        key = (run["server"], workload["size"], workload["connections"])
+        grouped.setdefault(key, {}).setdefault(workload["rate"], []).append(run)
+    found: list[HighestRate] = []
+    for (server, size, connections), by_rate in grouped.items():
+        best: float | None = None
+        stopped: str | None = None
+        for rate in sorted(by_rate):
+            step = by_rate[rate]
+            if holds(step, p99_limit_us):
+                best = rate
+                continue
+            stopped = f"{_why_not(step, p99_limit_us)} at {rate:g}/s"
+            break
+        found.append(
+            {
+                "server": server,
+                "size": size,
+                "connections": connections,
+                "rate": best,
+                "stopped_by": stopped,
+            }
+        )
+    return found
+
+
+def _why_not(runs: Sequence[RunRecord], p99_limit_us: float) -> str:
+    for run in runs:
+        if not run["ok"]:
+            return "failed"
+        if run["loadgen_limited"]:
+            return "the load generator's limit"
+        if run["held_rate"] is False:
+            return "rate not held"
+        latency = run["latency_us"]
+        if latency is not None and latency["p99"] > p99_limit_us:
+            return f"p99 {latency['p99'] / 1e3:.3g} ms over the limit"
+    return "not held"  # pragma: no cover - holds() said one of the above
 
 
 def _result(workload: str, server: str, runs: list[RunRecord]) -> ResultRecord:

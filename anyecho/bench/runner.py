@@ -14,6 +14,7 @@ for its next run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from . import _proc
 from .loadgen import Job, JobResult, Window
-from .plan import PlannedRun, Settings, schedule
+from .plan import PlannedRun, Settings, Workload, schedule
 from .report import (
     Measurement,
     Report,
@@ -31,6 +32,7 @@ from .report import (
     ServerStatus,
     run_record,
     settings_record,
+    sweep_goes_on,
 )
 from .report import build as build_report
 from .servers import ServerError, ServerProcess, ServerSpec, registry
@@ -361,15 +363,25 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
                 progress.message(
                     f"{record['name']}: {record['status']}: {record['reason']}"
                 )
-        planned = schedule(servers.names(), settings.workloads, settings.repeat)
-        complete = _run_all(
-            planned,
-            servers=servers,
-            generators=generators,
-            settings=settings,
-            progress=progress,
-            records=runs,
-        )
+        if settings.sweep:
+            complete, workloads = _sweep(
+                servers=servers,
+                generators=generators,
+                settings=settings,
+                progress=progress,
+                records=runs,
+            )
+        else:
+            workloads = settings.workloads
+            planned = schedule(servers.names(), workloads, settings.repeat)
+            complete = _run_all(
+                planned,
+                servers=servers,
+                generators=generators,
+                settings=settings,
+                progress=progress,
+                records=runs,
+            )
     settings_entry = settings_record(
         settings,
         drain_timeout=DRAIN_TIMEOUT,
@@ -381,11 +393,58 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
         created=created,
         complete=complete,
         settings=settings_entry,
-        workloads=settings.workloads,
+        workloads=workloads,
         servers=server_records,
         runs=runs,
         warnings=warnings,
     )
+
+
+def _sweep(
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+) -> tuple[bool, list[Workload]]:
+    """Offer rising rates, for each size and connection count, to the servers
+    that held the last one; ``False`` if interrupted, and the workloads run.
+
+    Each step runs the servers still going in interleaved rounds, as any plan.
+    """
+    workloads: list[Workload] = []
+    for size in settings.sizes:
+        for connections in settings.connections:
+            going = servers.names()
+            for rate in settings.sweep_rates():
+                if not going:
+                    break
+                workload = Workload(size, connections, settings.pipeline, rate)
+                workloads.append(workload)
+                offset = len(records)
+                planned = [
+                    dataclasses.replace(run, index=run.index + offset)
+                    for run in schedule(going, [workload], settings.repeat)
+                ]
+                if not _run_all(
+                    planned,
+                    servers=servers,
+                    generators=generators,
+                    settings=settings,
+                    progress=progress,
+                    records=records,
+                ):
+                    return False, workloads
+                step = records[offset:]
+                going = [
+                    name
+                    for name in going
+                    if sweep_goes_on(
+                        [r for r in step if r["server"] == name], settings.p99_limit_us
+                    )
+                ]
+    return True, workloads
 
 
 def _run_all(
