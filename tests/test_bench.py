@@ -184,6 +184,8 @@ REPORT_SCHEMA: dict[str, Any] = {
         "rates": [float],
         "schedule": Nullable(str),
         "seed": int,
+        "sweep": bool,
+        "p99_limit_us": float,
     },
     "servers": [
         {
@@ -254,6 +256,15 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "echoes_per_s": Nullable(float),
                 "cpu_us_per_echo": Nullable(float),
             },
+        }
+    ],
+    "highest_rates": [
+        {
+            "server": str,
+            "size": int,
+            "connections": int,
+            "rate": Nullable(float),
+            "stopped_by": Nullable(str),
         }
     ],
     "warnings": [str],
