@@ -537,3 +537,32 @@ def test_a_rate_the_server_does_not_hold_is_a_server_figure() -> None:
     record = run_record(run, measured)
     assert record["held_rate"] is False
     assert not record["loadgen_limited"]
+
+
+def test_a_sweep_stops_a_server_at_its_knee(tmp_path: Path) -> None:
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "stalling,protocol-asyncio", "--sizes", "64"),
+        *("--connections", "2", "--duration", "1", "--warmup", "0.2"),
+        *("--repeat", "1", "--sweep", "--sweep-start", "500"),
+        *("--sweep-factor", "2", "--sweep-steps", "2", "--json", str(json_path)),
+    )
+    assert process.returncode == 0, process.stderr
+    report = json.loads(json_path.read_text())
+    check(report, REPORT_SCHEMA)
+    assert report["settings"]["sweep"] is True
+    assert report["settings"]["p99_limit_us"] == 10_000.0
+    assert [w["rate"] for w in report["workloads"]][:1] == [500.0]
+    runs = report["runs"]
+    # The first step runs both servers, interleaved; the stalling one's p99 is
+    # far over the limit, so it gets no second step.
+    assert [(r["server"], r["requested_rate"]) for r in runs[:2]] == [
+        ("stalling", 500.0),
+        ("protocol-asyncio", 500.0),
+    ]
+    assert [r["server"] for r in runs[2:]] in ([], ["protocol-asyncio"])
+    assert [r["index"] for r in runs] == list(range(len(runs)))
+    highest = {entry["server"]: entry for entry in report["highest_rates"]}
+    assert highest["stalling"]["rate"] is None
+    assert "over the limit at 500/s" in highest["stalling"]["stopped_by"]
+    assert "highest rate held with p99 under 10ms" in process.stdout

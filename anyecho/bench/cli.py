@@ -201,6 +201,13 @@ def add_parser(subparsers: Any) -> None:
         help="how much each step of a sweep raises the rate (default: %(default)s)",
     )
     what.add_argument(
+        "--sweep-steps",
+        type=positive_count,
+        default=20,
+        metavar="N",
+        help="the most rates a sweep offers (default: %(default)s)",
+    )
+    what.add_argument(
         "--p99-limit",
         type=positive_seconds,
         default=0.01,
@@ -394,6 +401,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         sweep=args.sweep,
         sweep_start=args.sweep_start,
         sweep_factor=args.sweep_factor,
+        sweep_steps=args.sweep_steps,
         p99_limit_us=args.p99_limit * 1e6,
     )
 
