@@ -267,6 +267,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "stopped_by": Nullable(str),
         }
     ],
+    "skipped": [{"workload": str, "runs": int, "reason": str}],
     "warnings": [str],
 }
 

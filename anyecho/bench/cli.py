@@ -153,7 +153,7 @@ def add_parser(subparsers: Any) -> None:
     what.add_argument(
         "--connections",
         type=_csv(count, "connection count"),
-        default="1,50",
+        default="1,32,256",
         metavar="N,...",
         help="numbers of concurrent connections (default: %(default)s)",
     )

@@ -19,8 +19,8 @@ __all__ = [
 
 #: Message sizes measured unless told otherwise: 64 B, 1 KiB, 64 KiB and 1 MiB.
 DEFAULT_SIZES = (64, 1 << 10, 64 << 10, 1 << 20)
-#: Connection counts measured unless told otherwise: one, and many.
-DEFAULT_CONNECTIONS = (1, 50)
+#: Connection counts measured unless told otherwise: one, some, and many.
+DEFAULT_CONNECTIONS = (1, 32, 256)
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,11 @@ def table(report: Report, *, wide: bool = False) -> Table:
         if server["status"] != "ok"
     ]
     notes += highest_rates(report)
+    notes += [
+        f"skipped: {labels.get(entry['workload'], entry['workload'])}, "
+        f"{entry['runs']} more runs: {entry['reason']}"
+        for entry in report["skipped"]
+    ]
     explained = [column.explain for column in columns if column.explain]
     limited = [r for r in report["results"] if r["loadgen_limited"]]
     if limited:

@@ -104,6 +104,7 @@ __all__ = [
     "RunRecord",
     "ServerRecord",
     "ServerStatus",
+    "SkippedRecord",
     "build",
     "holds",
     "run_record",
@@ -258,6 +259,12 @@ class ResultRecord(TypedDict):
     ratio: Ratio
 
 
+class SkippedRecord(TypedDict):
+    workload: str
+    runs: int
+    reason: str
+
+
 class HighestRate(TypedDict):
     server: str
     size: int
@@ -278,6 +285,7 @@ class Report(TypedDict):
     runs: list[RunRecord]
     results: list[ResultRecord]
     highest_rates: list[HighestRate]
+    skipped: list[SkippedRecord]
     warnings: list[str]
 
 
@@ -467,6 +475,7 @@ def build(
     servers: list[ServerRecord],
     runs: list[RunRecord],
     warnings: list[str],
+    skipped: Sequence[SkippedRecord] = (),
 ) -> Report:
     """The whole document, with the results summed up from the runs."""
     summed = results(runs, settings["servers"], settings["baseline"])
@@ -484,6 +493,7 @@ def build(
         "highest_rates": highest_rates(
             runs, [workload_record(w) for w in workloads], settings["p99_limit_us"]
         ),
+        "skipped": list(skipped),
         "warnings": warnings + _saturation_warnings(runs),
     }
 

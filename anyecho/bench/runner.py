@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from . import _proc
 from .loadgen import Job, JobResult, Window
@@ -30,6 +30,7 @@ from .report import (
     RunRecord,
     ServerRecord,
     ServerStatus,
+    SkippedRecord,
     run_record,
     settings_record,
     sweep_goes_on,
@@ -349,6 +350,7 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
         progress.message(f"warning: {warning}")
     servers = _Servers(plan.server)
     runs: list[RunRecord] = []
+    skipped: list[SkippedRecord] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(_pinned(plan.own))
         stack.callback(servers.stop_all)
@@ -373,14 +375,14 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
             )
         else:
             workloads = settings.workloads
-            planned = schedule(servers.names(), workloads, settings.repeat)
-            complete = _run_all(
-                planned,
+            complete = _run_planned(
+                workloads,
                 servers=servers,
                 generators=generators,
                 settings=settings,
                 progress=progress,
                 records=runs,
+                skipped=skipped,
             )
     settings_entry = settings_record(
         settings,
@@ -397,7 +399,97 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
         servers=server_records,
         runs=runs,
         warnings=warnings,
+        skipped=skipped,
     )
+
+
+def _run_planned(
+    workloads: Sequence[Workload],
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+    skipped: list[SkippedRecord],
+) -> bool:
+    """Run every workload in interleaved rounds; ``False`` if interrupted.
+
+    A workload whose first round found the load generator the limit for every
+    server cannot be measured on this machine: its other rounds are skipped
+    (and listed in ``skipped``, with the reason), since they would only measure
+    the load generator again.
+    """
+    planned = schedule(servers.names(), workloads, settings.repeat)
+    progress.begin(len(planned), len(planned) * _per_run(settings))
+    context = _RunContext(
+        servers=servers,
+        generators=generators,
+        settings=settings,
+        progress=progress,
+        records=records,
+    )
+    try:
+        for workload in workloads:
+            rounds = [run for run in planned if run.workload == workload]
+            first = [run for run in rounds if run.round == 0]
+            _run_each(first, **context)
+            done = records[-len(first) :] if first else []
+            if done and all(r["loadgen_limited"] for r in done):
+                rest = [run for run in rounds if run.round > 0]
+                if rest:
+                    skipped.append(
+                        {
+                            "workload": workload.id,
+                            "runs": len(rest),
+                            "reason": "the load generator was the limit for every "
+                            "server in the first round: this machine cannot measure "
+                            "the servers here",
+                        }
+                    )
+                continue
+            rest = [run for run in rounds if run.round > 0]
+            _run_each(rest, **context)
+    except KeyboardInterrupt:
+        return False
+    finally:
+        progress.end()
+    return True
+
+
+class _RunContext(TypedDict):
+    servers: _Servers
+    generators: Sequence[LoadGenerator]
+    settings: Settings
+    progress: Progress
+    records: list[RunRecord]
+
+
+def _per_run(settings: Settings) -> float:
+    return settings.warmup + settings.duration + GO_LEAD + RUN_OVERHEAD
+
+
+def _run_each(
+    planned: Sequence[PlannedRun],
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+) -> None:
+    """Carry out ``planned``, appending to ``records``."""
+    for run in planned:
+        progress.run_started(run)
+        try:
+            server = servers.get(run.server)
+        except ServerError as exc:
+            measured = Measurement(settings.duration, errors=[str(exc)])
+        else:
+            measured = measure(server, run, generators, settings)
+        record = run_record(run, measured)
+        records.append(record)
+        progress.run_finished(run, record)
 
 
 def _sweep(
@@ -457,20 +549,16 @@ def _run_all(
     records: list[RunRecord],
 ) -> bool:
     """Carry out ``planned``, appending to ``records``; ``False`` if interrupted."""
-    per_run = settings.warmup + settings.duration + GO_LEAD + RUN_OVERHEAD
-    progress.begin(len(planned), len(planned) * per_run)
+    progress.begin(len(planned), len(planned) * _per_run(settings))
     try:
-        for run in planned:
-            progress.run_started(run)
-            try:
-                server = servers.get(run.server)
-            except ServerError as exc:
-                measured = Measurement(settings.duration, errors=[str(exc)])
-            else:
-                measured = measure(server, run, generators, settings)
-            record = run_record(run, measured)
-            records.append(record)
-            progress.run_finished(run, record)
+        _run_each(
+            planned,
+            servers=servers,
+            generators=generators,
+            settings=settings,
+            progress=progress,
+            records=records,
+        )
     except KeyboardInterrupt:
         return False
     finally:
