@@ -567,3 +567,63 @@ def test_a_sweep_stops_a_server_at_its_knee(tmp_path: Path) -> None:
     assert highest["stalling"]["rate"] is None
     assert "over the limit at 500/s" in highest["stalling"]["stopped_by"]
     assert "highest rate held with p99 under 10ms" in process.stdout
+
+
+# -- any server ------------------------------------------------------------------
+
+
+def test_servers_of_ones_own_and_running_targets_join_the_rounds(
+    tmp_path: Path,
+) -> None:
+    json_path = tmp_path / "report.json"
+    command = "{python} -m anyecho.bench.baselines.protocol --port {port}"
+    with subprocess.Popen(
+        [sys.executable, "-m", "anyecho.bench.baselines.tutorial", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as running:
+        assert running.stdout is not None
+        ready = running.stdout.readline()
+        port = re.search(r"tcp://127\.0\.0\.1:(\d+)", ready)
+        assert port is not None, ready
+        process = anyecho_bench(
+            *("--servers", "tutorial", "--server", f"mine={command}"),
+            *("--target", f"127.0.0.1:{port[1]}", "--target-pid", str(running.pid)),
+            *("--sizes", "64", "--connections", "2", "--duration", "0.3"),
+            *("--warmup", "0.1", "--repeat", "2", "-q", "--json", str(json_path)),
+        )
+        running.terminate()
+    assert process.returncode == 0, process.stderr
+    report = json.loads(json_path.read_text())
+    check(report, REPORT_SCHEMA)
+    assert report["settings"]["servers"] == ["tutorial", "mine", "target"]
+    assert [r["server"] for r in report["runs"]] == ["tutorial", "mine", "target"] * 2
+    for run in report["runs"]:
+        assert run["ok"], run["error"]
+        assert run["cpu_us_per_echo"] is not None  # the target's, by its pid
+    mine = next(s for s in report["servers"] if s["name"] == "mine")
+    assert mine["command"][0] == sys.executable
+    assert "{port}" in mine["command"][-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--server", "mine"], "expected NAME=COMMAND"),
+        (["--server", "mine=./srv"], "needs a {port} placeholder"),
+        (["--server", "tutorial=./srv {port}"], "already a server's name"),
+        (["--target", "localhost"], "expected HOST:PORT"),
+        (["--target-pid", "1"], "--target-pid needs --target"),
+        (["--rate", "fast"], "invalid rate 'fast'"),
+        (["--rate", "1k", "--sweep"], "not allowed with argument"),
+        (["--sweep-factor", "1"], "expected a number above 1"),
+    ],
+)
+def test_bad_load_and_server_options_give_one_line(
+    args: list[str], message: str
+) -> None:
+    process = anyecho_bench(*args)
+    assert process.returncode == 2
+    lines = process.stderr.splitlines()
+    assert len(lines) == 1, process.stderr
+    assert message in lines[0]

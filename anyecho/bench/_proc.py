@@ -78,13 +78,15 @@ def pin(pid: int, cpus: Collection[int]) -> None:
             os.sched_setaffinity(pid, cpus)
 
 
-def cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int | None) -> float | None:
     """CPU time (user + system, all threads) that process ``pid`` has used so far.
 
     Reads Linux's ``/proc``: the nanosecond counters of ``schedstat`` where the
     kernel keeps them, else ``utime + stime`` from ``stat`` (in clock ticks).
-    Returns ``None`` elsewhere, or once the process is gone.
+    Returns ``None`` elsewhere, once the process is gone, or without a ``pid``.
     """
+    if pid is None:
+        return None
     with contextlib.suppress(OSError, ValueError, IndexError):
         return _schedstat_seconds(pid)
     try:

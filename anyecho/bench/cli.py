@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -95,6 +96,39 @@ def _rates(text: str) -> tuple[float, ...]:
     return tuple(dict.fromkeys(_rate(item) for item in text.split(",")))
 
 
+def _custom_server(text: str) -> tuple[str, str]:
+    """An argparse type for ``--server NAME=COMMAND``."""
+    from .servers import custom_spec, registry
+
+    name, equals, command = text.partition("=")
+    name = name.strip()
+    if not equals or not re.fullmatch(r"[A-Za-z0-9][\w.+-]*", name):
+        raise argparse.ArgumentTypeError(
+            f"invalid server {text!r}: expected NAME=COMMAND, such as "
+            "'mine=./myserver --port {port}'"
+        )
+    if name in registry() or name == "target":
+        raise argparse.ArgumentTypeError(
+            f"invalid server {text!r}: {name} is already a server's name"
+        )
+    try:
+        custom_spec(name, command)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid server {text!r}: {exc}") from None
+    return name, command
+
+
+def _target(text: str) -> tuple[str, int]:
+    """An argparse type for ``--target HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"invalid target {text!r}: expected HOST:PORT, such as 127.0.0.1:7000"
+        )
+    return host, int(port)
+
+
 def _server_names(text: str) -> tuple[str, ...]:
     from .servers import registry
 
@@ -136,6 +170,30 @@ def add_parser(subparsers: Any) -> None:
         metavar="NAME,...",
         help="the servers to run, in report order (default: every one listed by "
         "--list-servers that is not hidden)",
+    )
+    what.add_argument(
+        "--server",
+        dest="custom",
+        type=_custom_server,
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="add a server of your own to the runs: COMMAND starts it listening "
+        "on 127.0.0.1 port {port}; {python} is this interpreter (repeatable). Its "
+        "CPU time is that of the process started, threads included, children not",
+    )
+    what.add_argument(
+        "--target",
+        type=_target,
+        metavar="HOST:PORT",
+        help="add a server that is already running, as 'target' (its CPU time "
+        "only with --target-pid)",
+    )
+    what.add_argument(
+        "--target-pid",
+        type=positive_count,
+        metavar="PID",
+        help="the --target server's process id on this machine, for its CPU time",
     )
     what.add_argument(
         "--baseline",
@@ -357,6 +415,11 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     """
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         return EXTRA_NEEDED
+    if (problem := _target_problem(args)) is not None:
+        return problem
+    names = [name for name, _ in args.custom]
+    if len(set(names)) < len(names):
+        return "--server: each server needs a name of its own"
     if args.baseline is not None and args.baseline not in _servers(args):
         return f"--baseline {args.baseline} is not among the servers run"
     paths = [args.json, args.plot]
@@ -368,13 +431,25 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _target_problem(args: argparse.Namespace) -> str | None:
+    if args.target_pid is None:
+        return None
+    if args.target is None:
+        return "--target-pid needs --target"
+    if not Path(f"/proc/{args.target_pid}").exists():
+        return f"--target-pid {args.target_pid}: no such process"
+    return None
+
+
 def _servers(args: argparse.Namespace) -> tuple[str, ...]:
     from .servers import registry
 
     if args.servers:
         servers: tuple[str, ...] = args.servers
-        return servers
-    return tuple(name for name, spec in registry().items() if not spec.hidden)
+    else:
+        servers = tuple(name for name, spec in registry().items() if not spec.hidden)
+    servers += tuple(name for name, _ in args.custom)
+    return servers + (("target",) if args.target is not None else ())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -403,6 +478,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         sweep_factor=args.sweep_factor,
         sweep_steps=args.sweep_steps,
         p99_limit_us=args.p99_limit * 1e6,
+        custom=tuple(args.custom),
+        target=args.target,
+        target_pid=args.target_pid,
     )
 
 

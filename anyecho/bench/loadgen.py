@@ -103,7 +103,7 @@ def stream_offset(connection: int) -> int:
 class Job:
     """Connections that one load generator process opens for one run.
 
-    :param port: the server's TCP port on 127.0.0.1
+    :param port: the server's TCP port
     :param connections: how many connections to open
     :param first: the number of the first one, among every process's connections
     :param size: message size in bytes
@@ -113,6 +113,7 @@ class Job:
     :param poisson: open loop: exponential gaps between messages, rather than
         equal ones
     :param seed: seeds the Poisson schedule
+    :param host: the server's address
     """
 
     port: int
@@ -123,6 +124,7 @@ class Job:
     rate: float | None = None
     poisson: bool = False
     seed: int = 0
+    host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -449,7 +451,7 @@ def _connect(job: Job, run: _Run) -> list[_Connection]:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise TimeoutError(f"timed out after {CONNECT_TIMEOUT:g}s")
-            sock = socket.create_connection(("127.0.0.1", job.port), timeout)
+            sock = socket.create_connection((job.host, job.port), timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
             connections.append(_Connection(run, number, sock))
@@ -457,7 +459,7 @@ def _connect(job: Job, run: _Run) -> list[_Connection]:
         for connection in connections:
             connection.sock.close()
         reason = str(exc) or type(exc).__name__
-        run.error(f"cannot connect to 127.0.0.1:{job.port}: {reason}")
+        run.error(f"cannot connect to {job.host}:{job.port}: {reason}")
         return []
     for connection in connections:
         run.poller.register(connection.fd, _READ)

@@ -85,6 +85,10 @@ class Settings:
         ``sweep_steps`` steps)
     :param p99_limit_us: the round-trip p99 (µs) a rate must stay under to count
         as held, in a sweep and for the highest rate held in any open-loop report
+    :param custom: servers of the user's own: name and command (with ``{port}``
+        and ``{python}`` placeholders)
+    :param target: a server already running (host, port), run as ``target``
+    :param target_pid: its process id, for its CPU time
     """
 
     servers: tuple[str, ...]
@@ -105,6 +109,9 @@ class Settings:
     sweep_factor: float = 1.5
     sweep_steps: int = 20
     p99_limit_us: float = 10_000.0
+    custom: tuple[tuple[str, str], ...] = ()
+    target: tuple[str, int] | None = None
+    target_pid: int | None = None
 
     @property
     def open_loop(self) -> bool:

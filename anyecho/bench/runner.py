@@ -36,7 +36,14 @@ from .report import (
     sweep_goes_on,
 )
 from .report import build as build_report
-from .servers import ServerError, ServerProcess, ServerSpec, registry
+from .servers import (
+    ServerError,
+    ServerProcess,
+    ServerSpec,
+    custom_spec,
+    registry,
+    target_spec,
+)
 
 __all__ = [
     "LoadGenerator",
@@ -217,6 +224,7 @@ def measure(
             rate=None if rate is None else rate * count / workload.connections,
             poisson=settings.poisson,
             seed=settings.seed * 1000 + run.index * 10 + index,
+            host=server.host,
         )
         generator.send(job=asdict(job))
     for generator in active:
@@ -344,6 +352,10 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
     """
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     specs = registry()
+    for name, command in settings.custom:
+        specs[name] = custom_spec(name, command)
+    if settings.target is not None:
+        specs["target"] = target_spec(*settings.target, settings.target_pid)
     plan = plan_cpus(settings.pin, settings.clients, max(settings.connections))
     warnings = list(plan.warnings)
     for warning in warnings:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import re
+import shlex
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -21,7 +25,15 @@ from anyecho import BackendUnavailableError, resolve_backend
 
 from . import _proc
 
-__all__ = ["ServerError", "ServerProcess", "ServerSpec", "registry"]
+__all__ = [
+    "ServerError",
+    "ServerProcess",
+    "ServerSpec",
+    "custom_spec",
+    "free_port",
+    "registry",
+    "target_spec",
+]
 
 #: How long a server may take to start listening (seconds).
 START_TIMEOUT = 30.0
@@ -61,6 +73,11 @@ class ServerSpec:
     :param args: its arguments (``--port 0`` is added)
     :param backend: the loop it runs on, as :func:`anyecho.resolve_backend` names it
     :param hidden: left out unless asked for by name (the faulty servers)
+    :param argv: a command of the user's own instead of ``module``: its
+        ``{port}`` becomes the port to listen on, ``{python}`` this interpreter
+    :param target: a server already running elsewhere, instead of a command:
+        its host and port
+    :param target_pid: the process id of that server, for its CPU time
     """
 
     name: str
@@ -69,14 +86,28 @@ class ServerSpec:
     args: tuple[str, ...]
     backend: str
     hidden: bool = False
+    argv: tuple[str, ...] = ()
+    target: tuple[str, int] | None = None
+    target_pid: int | None = None
 
     @property
     def command(self) -> list[str]:
-        """The command line that starts it."""
+        """The command line that starts it (``{port}`` left in a user's own)."""
+        if self.target is not None:
+            return []
+        if self.argv:
+            return [arg.replace("{python}", sys.executable) for arg in self.argv]
         return _proc.python_command(self.module, *self.args, "--port", "0")
 
     def unavailable(self) -> str | None:
         """Why it cannot run here (a package is missing), or ``None``."""
+        if self.target is not None:
+            return None
+        if self.argv:
+            program = self.command[0]
+            if shutil.which(program) is None:
+                return f"cannot find the program {program!r}"
+            return None
         try:
             resolve_backend(self.backend)
         except BackendUnavailableError as exc:
@@ -115,6 +146,37 @@ def anyecho_spec(backend: str, *extra: str, name: str | None = None) -> ServerSp
             "info",
         ),
         backend,
+    )
+
+
+def custom_spec(name: str, command: str) -> ServerSpec:
+    """A server of the user's own: ``command`` (split as a shell would, but run
+    without one) with ``{port}`` and ``{python}`` placeholders.
+
+    :raises ValueError: when the command cannot be split or has no ``{port}``
+    """
+    argv = tuple(shlex.split(command))
+    if not argv:
+        raise ValueError("the command is empty")
+    if not any("{port}" in arg for arg in argv):
+        raise ValueError("the command needs a {port} placeholder to listen on")
+    return ServerSpec(name, f"the user's own: {command}", "", (), "", argv=argv)
+
+
+def target_spec(host: str, port: int, pid: int | None) -> ServerSpec:
+    """A server that is already running at ``host``:``port`` (``pid``: its
+    process, on this machine, for its CPU time)."""
+    where = f"{host}:{port}"
+    if pid is not None:
+        where += f", process {pid}"
+    return ServerSpec(
+        "target",
+        f"already running at {where}",
+        "",
+        (),
+        "",
+        target=(host, port),
+        target_pid=pid,
     )
 
 
@@ -196,21 +258,39 @@ class ServerProcess:
 
     def __init__(self, spec: ServerSpec, cpus: Collection[int] | None) -> None:
         self.spec = spec
+        self.host = "127.0.0.1"
         self.port = 0
-        self._process = _proc.spawn(spec.command, cpus, merge_stderr=True)
+        self._process: subprocess.Popen[str] | None = None
+        if spec.target is not None:
+            self.host, self.port = spec.target
+            self._output = _proc.LineReader(io.StringIO())
+            return
+        command = spec.command
+        if spec.argv:
+            self.port = free_port()
+            command = [arg.replace("{port}", str(self.port)) for arg in command]
+        self._process = _proc.spawn(command, cpus, merge_stderr=True)
         assert self._process.stdout is not None
         self._output = _proc.LineReader(self._process.stdout)
 
     @property
-    def pid(self) -> int:
-        """The server's process id."""
+    def pid(self) -> int | None:
+        """The server's process id (for a target, the one given, if any)."""
+        if self._process is None:
+            return self.spec.target_pid
         return self._process.pid
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Wait for the ready line, learning the port.
+        """Wait for the ready line, learning the port (a user's own server: until
+        it accepts connections on its port).
 
         :raises ServerError: when the server exits or stays silent instead
         """
+        if self._process is None:
+            return
+        if self.spec.argv:
+            self._wait_listening(timeout)
+            return
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -224,12 +304,23 @@ class ServerProcess:
                 self.port = int(match[1])
                 return
 
+    def _wait_listening(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exit_reason() is not None:
+                raise ServerError(self.exit_reason() or "the server exited")
+            with contextlib.suppress(OSError):
+                socket.create_connection((self.host, self.port), 1.0).close()
+                return
+            time.sleep(0.05)  # polling a port that a foreign program opens
+        raise ServerError(f"not listening on port {self.port} after {timeout:g}s")
+
     def check(self) -> None:
         """Echo a few bytes through the server and close, as a client would.
 
         :raises ServerError: when that fails, saying why
         """
-        address = ("127.0.0.1", self.port)
+        address = (self.host, self.port)
         try:
             with socket.create_connection(address, CHECK_TIMEOUT) as sock:
                 sock.sendall(CHECK_DATA)
@@ -244,6 +335,8 @@ class ServerProcess:
 
     def exit_reason(self) -> str | None:
         """Why the process ended (status and error), or ``None`` while it runs."""
+        if self._process is None:
+            return None
         status = self._process.poll()
         if status is None:
             return None
@@ -259,6 +352,8 @@ class ServerProcess:
 
     def _settle(self) -> None:
         """Give a server that is failing a moment to exit, to name the cause."""
+        if self._process is None:
+            return
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(1.0)
 
@@ -271,8 +366,17 @@ class ServerProcess:
         return f"{what}; the server said: {error}" if error else what
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
-        _proc.stop(self._process)
+        """Stop the server (SIGTERM, then SIGKILL); a target is left running."""
+        if self._process is not None:
+            _proc.stop(self._process)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a server of the user's own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def describe_error(lines: list[str]) -> str | None:
