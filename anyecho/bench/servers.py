@@ -56,7 +56,11 @@ STALL_EVERY = 0.5
 
 #: Asyncio loops besides the stock one and uvloop that the benchmark tries when
 #: their package is installed: module name and loop factory.
-EXTRA_LOOPS = {"rloop": "new_event_loop", "winloop": "new_event_loop"}
+EXTRA_LOOPS = {
+    "rloop": "new_event_loop",
+    "winloop": "new_event_loop",
+    "zuvloop": "new_event_loop",
+}
 
 
 class ServerError(Exception):
@@ -116,11 +120,11 @@ class ServerSpec:
 
 
 def _asyncio_loops() -> dict[str, str]:
-    """Short loop names mapped to backend names, for every asyncio loop to try."""
+    """Short loop names mapped to backend names, for every asyncio loop to try
+    (an extra loop that is not installed is listed, and runs as unavailable)."""
     loops = {"asyncio": "asyncio", "uvloop": "uvloop"}
     for module, factory in EXTRA_LOOPS.items():
-        if importlib.util.find_spec(module) is not None:
-            loops[module] = f"asyncio:{module}:{factory}"
+        loops[module] = f"asyncio:{module}:{factory}"
     return loops
 
 
@@ -181,11 +185,24 @@ def target_spec(host: str, port: int, pid: int | None) -> ServerSpec:
 
 
 def registry() -> dict[str, ServerSpec]:
-    """Every server by name, in the order reports list them."""
-    asyncio_loops = _asyncio_loops()
+    """Every server by name, in the order reports list them.
+
+    anyecho runs on every loop AnyIO can drive, those not installed included (so
+    that a report says why they did not run); the reference servers only on the
+    loops that are installed.
+    """
+    every_loop = _asyncio_loops()
+    asyncio_loops = {
+        loop: backend
+        for loop, backend in every_loop.items()
+        if loop not in EXTRA_LOOPS or importlib.util.find_spec(loop) is not None
+    }
     anyio_loops = {**asyncio_loops, "trio": "trio"}
     base = "anyecho.bench.baselines."
-    specs = [anyecho_spec(backend, name=loop) for loop, backend in anyio_loops.items()]
+    specs = [
+        anyecho_spec(backend, name=loop)
+        for loop, backend in {**every_loop, "trio": "trio"}.items()
+    ]
     specs.append(
         ServerSpec(
             "tutorial",
@@ -202,6 +219,20 @@ def registry() -> dict[str, ServerSpec]:
             base + "protocol",
             ("--loop", backend),
             backend,
+        )
+        for loop, backend in asyncio_loops.items()
+    ]
+    specs += [
+        ServerSpec(
+            f"{kind}-{loop}",
+            f"{what} on {loop}",
+            base + kind,
+            ("--loop", backend),
+            backend,
+        )
+        for kind, what in (
+            ("buffered", "bare asyncio.BufferedProtocol"),
+            ("sockets", "loop.sock_recv/sock_sendall, a task per connection"),
         )
         for loop, backend in asyncio_loops.items()
     ]
