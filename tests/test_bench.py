@@ -7,6 +7,7 @@ read what it wrote.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -627,3 +628,32 @@ def test_bad_load_and_server_options_give_one_line(
     lines = process.stderr.splitlines()
     assert len(lines) == 1, process.stderr
     assert message in lines[0]
+
+
+def other_interpreter() -> str:
+    """Another Python 3.10+ than this one (pyenv's, where there is one)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for version in ("3.12", "3.13", "3.11", "3.10"):
+        for candidate in sorted(pyenv.glob(f"{version}.*/bin/python")):
+            if candidate.resolve() != Path(sys.executable).resolve():
+                return str(candidate)
+    pytest.skip("no other Python interpreter here")
+
+
+def test_servers_run_on_other_interpreters_in_the_same_rounds(tmp_path: Path) -> None:
+    python = other_interpreter()
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "tutorial", "--python", python, "--sizes", "64"),
+        *("--connections", "2", "--duration", "0.3", "--warmup", "0.1"),
+        *("--repeat", "2", "-q", "--json", str(json_path)),
+    )
+    report = json.loads(json_path.read_text())
+    [other] = [s for s in report["servers"] if s["name"] != "tutorial"]
+    assert re.fullmatch(r"tutorial@3\.\d+", other["name"])
+    assert other["command"][0] == python
+    if other["status"] != "ok":  # that interpreter lacks a dependency: say which
+        assert "No module named" in other["reason"] or "importable" in other["reason"]
+        return
+    assert process.returncode == 0, process.stderr
+    assert [r["server"] for r in report["runs"]] == ["tutorial", other["name"]] * 2

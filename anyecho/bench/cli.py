@@ -36,6 +36,7 @@ from ..cli._exit import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 if TYPE_CHECKING:
     from .plan import Settings
     from .report import Report
+    from .servers import Interpreter
 
 __all__ = ["add_parser"]
 
@@ -118,6 +119,16 @@ def _custom_server(text: str) -> tuple[str, str]:
     return name, command
 
 
+def _interpreter(text: str) -> Interpreter:
+    """An argparse type for ``--python PATH``: the interpreter, probed."""
+    from .servers import Interpreter
+
+    try:
+        return Interpreter.probe(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid interpreter: {exc}") from None
+
+
 def _target(text: str) -> tuple[str, int]:
     """An argparse type for ``--target HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
     host, colon, port = text.rpartition(":")
@@ -194,6 +205,18 @@ def add_parser(subparsers: Any) -> None:
         type=positive_count,
         metavar="PID",
         help="the --target server's process id on this machine, for its CPU time",
+    )
+    what.add_argument(
+        "--python",
+        dest="pythons",
+        nargs="+",
+        type=_interpreter,
+        default=[],
+        metavar="PATH",
+        help="also run each of the bench's own servers on these interpreters, as "
+        "NAME@VERSION, in the same interleaved rounds (they import anyecho from "
+        "this source tree; a server whose loop is not installed there is shown "
+        "as unavailable)",
     )
     what.add_argument(
         "--baseline",
@@ -448,6 +471,10 @@ def _servers(args: argparse.Namespace) -> tuple[str, ...]:
         servers: tuple[str, ...] = args.servers
     else:
         servers = tuple(name for name, spec in registry().items() if not spec.hidden)
+    own = [name for name in servers if name in registry()]
+    servers += tuple(
+        f"{name}@{python.version}" for python in args.pythons for name in own
+    )
     servers += tuple(name for name, _ in args.custom)
     return servers + (("target",) if args.target is not None else ())
 
@@ -479,6 +506,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         sweep_steps=args.sweep_steps,
         p99_limit_us=args.p99_limit * 1e6,
         custom=tuple(args.custom),
+        pythons=tuple(python.path for python in args.pythons),
         target=args.target,
         target_pid=args.target_pid,
     )

@@ -89,6 +89,8 @@ class Settings:
         and ``{python}`` placeholders)
     :param target: a server already running (host, port), run as ``target``
     :param target_pid: its process id, for its CPU time
+    :param pythons: other interpreters that run the bench's own servers too (as
+        ``NAME@VERSION`` in ``servers``)
     """
 
     servers: tuple[str, ...]
@@ -112,6 +114,7 @@ class Settings:
     custom: tuple[tuple[str, str], ...] = ()
     target: tuple[str, int] | None = None
     target_pid: int | None = None
+    pythons: tuple[str, ...] = ()
 
     @property
     def open_loop(self) -> bool:

@@ -37,10 +37,12 @@ from .report import (
 )
 from .report import build as build_report
 from .servers import (
+    Interpreter,
     ServerError,
     ServerProcess,
     ServerSpec,
     custom_spec,
+    on_python,
     registry,
     target_spec,
 )
@@ -356,6 +358,12 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
         specs[name] = custom_spec(name, command)
     if settings.target is not None:
         specs["target"] = target_spec(*settings.target, settings.target_pid)
+    for path in settings.pythons:
+        python = Interpreter.probe(path)
+        for name in settings.servers:
+            base, at, version = name.rpartition("@")
+            if at and version == python.version and base in specs:
+                specs[name] = on_python(specs[base], python)
     plan = plan_cpus(settings.pin, settings.clients, max(settings.connections))
     warnings = list(plan.warnings)
     for warning in warnings:

@@ -9,28 +9,36 @@ anyecho itself (``anyecho serve``) on each backend, and the reference servers of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib.util
 import io
+import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
+import anyecho
 from anyecho import BackendUnavailableError, resolve_backend
 
 from . import _proc
 
 __all__ = [
+    "Interpreter",
     "ServerError",
     "ServerProcess",
     "ServerSpec",
     "custom_spec",
     "free_port",
+    "on_python",
     "registry",
     "target_spec",
 ]
@@ -82,6 +90,8 @@ class ServerSpec:
     :param target: a server already running elsewhere, instead of a command:
         its host and port
     :param target_pid: the process id of that server, for its CPU time
+    :param python: another interpreter to run ``module`` with (see
+        :class:`Interpreter`), or ``None`` for this one
     """
 
     name: str
@@ -93,6 +103,7 @@ class ServerSpec:
     argv: tuple[str, ...] = ()
     target: tuple[str, int] | None = None
     target_pid: int | None = None
+    python: Interpreter | None = None
 
     @property
     def command(self) -> list[str]:
@@ -101,7 +112,14 @@ class ServerSpec:
             return []
         if self.argv:
             return [arg.replace("{python}", sys.executable) for arg in self.argv]
+        if self.python is not None:
+            return [self.python.path, "-m", self.module, *self.args, "--port", "0"]
         return _proc.python_command(self.module, *self.args, "--port", "0")
+
+    @property
+    def env(self) -> dict[str, str] | None:
+        """What to add to its environment."""
+        return None if self.python is None else {"PYTHONPATH": self.python.pythonpath}
 
     def unavailable(self) -> str | None:
         """Why it cannot run here (a package is missing), or ``None``."""
@@ -112,11 +130,102 @@ class ServerSpec:
             if shutil.which(program) is None:
                 return f"cannot find the program {program!r}"
             return None
+        if self.python is not None:
+            return self.python.missing(self.backend)
         try:
             resolve_backend(self.backend)
         except BackendUnavailableError as exc:
             return str(exc)
         return None
+
+
+#: The module each backend needs besides anyio, by the start of its name.
+_BACKEND_MODULES = {"trio": "trio", "uvloop": "uvloop", "asyncio:": ""}
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """Another Python to run the servers with (``--python``).
+
+    The servers import anyecho from this source tree (``PYTHONPATH``); where that
+    interpreter lacks anyio, it is taken from this environment too (it is pure
+    Python), while compiled packages (uvloop, ...) must be that interpreter's own.
+
+    :param path: the interpreter
+    :param version: its version, such as ``3.12``
+    :param pythonpath: what its servers get as ``PYTHONPATH``
+    :param note: how anyio was found, for descriptions
+    """
+
+    path: str
+    version: str
+    pythonpath: str
+    note: str
+
+    @classmethod
+    def probe(cls, path: str) -> Interpreter:
+        """Ask the interpreter at ``path`` its version and whether it has anyio.
+
+        :raises ValueError: when it cannot be run, or is older than 3.10
+        """
+        source = str(Path(anyecho.__file__).resolve().parent.parent)
+        found = _ask(path, "import sys; print('%d.%d' % sys.version_info[:2])")
+        if found is None or not re.fullmatch(r"\d+\.\d+", found):
+            raise ValueError(f"cannot run {path!r} as a Python interpreter")
+        major, minor = map(int, found.split("."))
+        if (major, minor) < (3, 10):
+            raise ValueError(f"{path} is Python {found}: anyecho needs 3.10 or later")
+        if _ask(path, "import anyio", pythonpath=source) is not None:
+            return cls(path, found, source, "its own anyio")
+        purelib = sysconfig.get_paths()["purelib"]
+        return cls(path, found, os.pathsep.join([source, purelib]), "anyio from here")
+
+    def missing(self, backend: str) -> str | None:
+        """Why a server on ``backend`` cannot run on this interpreter, or ``None``."""
+        modules = ["anyio"]
+        for prefix, module in _BACKEND_MODULES.items():
+            if backend.startswith(prefix):
+                modules.append(module or backend.split(":")[1])
+        for module in modules:
+            if _ask(self.path, f"import {module}", pythonpath=self.pythonpath) is None:
+                return (
+                    f"{module} is not importable on Python {self.version} ({self.path})"
+                )
+        return None
+
+
+@functools.cache
+def _ask(path: str, code: str, *, pythonpath: str | None = None) -> str | None:
+    """What ``path -c code`` prints, or ``None`` when it fails."""
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    try:
+        done = subprocess.run(  # noqa: S603 - an interpreter the user named
+            [path, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=env,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def on_python(spec: ServerSpec, python: Interpreter) -> ServerSpec:
+    """``spec`` run by another interpreter, named ``NAME@VERSION``.
+
+    :raises ValueError: for a server that is no Python module of this package
+    """
+    if not spec.module or spec.argv or spec.target is not None:
+        raise ValueError(f"{spec.name} is not one of the bench's own servers")
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}@{python.version}",
+        description=f"{spec.description}, on Python {python.version} "
+        f"({python.path}, {python.note})",
+        python=python,
+    )
 
 
 def _asyncio_loops() -> dict[str, str]:
@@ -300,7 +409,7 @@ class ServerProcess:
         if spec.argv:
             self.port = free_port()
             command = [arg.replace("{port}", str(self.port)) for arg in command]
-        self._process = _proc.spawn(command, cpus, merge_stderr=True)
+        self._process = _proc.spawn(command, cpus, merge_stderr=True, env=spec.env)
         assert self._process.stdout is not None
         self._output = _proc.LineReader(self._process.stdout)
 
