@@ -362,8 +362,8 @@ def test_markdown_table_goes_to_stdout(bench_run: BenchRun) -> None:
     header = next(line for line in lines if line.startswith("| server |"))
     assert "echoes/s" in header
     assert "x tutorial" in header
-    assert "**64 B, 1 conn**" in lines
-    start = lines.index("**64 B, 1 conn**")
+    assert "64 B, 1 conn:" in lines
+    start = lines.index("64 B, 1 conn:")
     rows = lines[start + 4 :][: len(SERVERS)]
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == list(SERVERS)
     assert "FAILED [" in rows[2]
@@ -386,7 +386,7 @@ def test_saved_report_prints_and_plots_again(
     )
     assert process.returncode == 1  # the report holds failed runs
     assert "anyecho-asyncio" in process.stdout  # the terminal table
-    assert "**4 KiB, 3 conns**" in markdown.read_text()
+    assert "4 KiB, 3 conns:" in markdown.read_text()
     assert "| tutorial |" in markdown.read_text()
     assert f"wrote {markdown}, {plot}" in process.stderr
     assert plot.read_text().lstrip().startswith("<?xml")

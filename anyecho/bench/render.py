@@ -320,10 +320,7 @@ def context(report: Report) -> list[str]:
         f"{settings['warmup_s']:g} s warm-up; {pinned}; load generator on "
         f"{settings['loadgen_loop']}"
     )
-    return [
-        *textwrap.wrap(f"{packages}; {where}", CONTEXT_WIDTH),
-        *textwrap.wrap(how, CONTEXT_WIDTH),
-    ]
+    return [f"{packages}; {where}", how]
 
 
 def _cpus(cpus: Sequence[int] | None) -> str:
@@ -352,7 +349,12 @@ def text(report: Report, *, wide: bool = False) -> str:
         right = [cell.rjust(width) for cell, width in pairs[1:]]
         return "  ".join(left + right).rstrip()
 
-    lines = [*context(report), "", line(header)]
+    lines = [
+        wrapped
+        for paragraph in context(report)
+        for wrapped in textwrap.wrap(paragraph, CONTEXT_WIDTH)
+    ]
+    lines += ["", line(header)]
     lines.append("-" * len(lines[-1]))
     for label, rows in laid_out.groups:
         lines.append(label)
@@ -395,7 +397,7 @@ def markdown(report: Report, *, wide: bool = False) -> str:
     columns = len(header)
     lines = [f"{line}\n" for line in context(report)]
     for label, rows in laid_out.groups:
-        lines += [f"**{_markdown_cell(label)}**", ""]
+        lines += [f"{_markdown_cell(label)}:", ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|---|" + "--:|" * (columns - 1))
         for row in rows:
@@ -548,6 +550,7 @@ def plot_latency(report: Report, path: Path) -> None:
     # the axis ends at a few times the limit, and what lies beyond is labelled.
     limit_ms = report["settings"]["p99_limit_us"] / 1e3
     top = OVER_LIMIT * limit_ms
+    axes_right = max((w["rate"] or 0.0 for w in workloads.values()), default=1.0)
     for panel, (size, connections) in enumerate(panels):
         axes = grid[panel // columns][panel % columns]
         for index, server in enumerate(servers):
@@ -579,13 +582,15 @@ def plot_latency(report: Report, path: Path) -> None:
                     linewidth=2 if quantile == "p99" else 1,
                 )
                 for rate, value in zip(rates, exact, strict=True):
-                    if value > top:
+                    if value > top and quantile == "p99":
                         axes.annotate(
-                            f"{quantile} {value:.3g} ms ^",
+                            f"{server}: p99 {value:.3g} ms",
                             (rate, top),
+                            xytext=(4, -4 - 11 * index),
+                            textcoords="offset points",
                             color=color,
                             fontsize=8,
-                            ha="left",
+                            ha="left" if rate < axes_right / 2 else "right",
                             va="top",
                         )
                 for rate, value, (_, r) in zip(rates, values, points, strict=True):

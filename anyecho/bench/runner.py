@@ -526,6 +526,37 @@ def _sweep(
     Each step runs the servers still going in interleaved rounds, as any plan.
     """
     workloads: list[Workload] = []
+    most = (
+        len(servers.names())
+        * len(settings.sizes)
+        * len(settings.connections)
+        * settings.sweep_steps
+        * settings.repeat
+    )
+    progress.message(f"a sweep of at most {most} runs")
+    progress.begin(most, most * _per_run(settings))
+    try:
+        return _sweep_steps(
+            servers=servers,
+            generators=generators,
+            settings=settings,
+            progress=progress,
+            records=records,
+            workloads=workloads,
+        )
+    finally:
+        progress.end()
+
+
+def _sweep_steps(
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+    workloads: list[Workload],
+) -> tuple[bool, list[Workload]]:
     for size in settings.sizes:
         for connections in settings.connections:
             going = servers.names()
@@ -546,6 +577,7 @@ def _sweep(
                     settings=settings,
                     progress=progress,
                     records=records,
+                    announce=False,
                 ):
                     return False, workloads
                 step = records[offset:]
@@ -567,9 +599,14 @@ def _run_all(
     settings: Settings,
     progress: Progress,
     records: list[RunRecord],
+    announce: bool = True,
 ) -> bool:
-    """Carry out ``planned``, appending to ``records``; ``False`` if interrupted."""
-    progress.begin(len(planned), len(planned) * _per_run(settings))
+    """Carry out ``planned``, appending to ``records``; ``False`` if interrupted.
+
+    :param announce: tell ``progress`` where the runs begin and end
+    """
+    if announce:
+        progress.begin(len(planned), len(planned) * _per_run(settings))
     try:
         _run_each(
             planned,
@@ -582,5 +619,6 @@ def _run_all(
     except KeyboardInterrupt:
         return False
     finally:
-        progress.end()
+        if announce:
+            progress.end()
     return True
