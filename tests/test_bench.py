@@ -187,6 +187,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "seed": int,
         "sweep": bool,
         "p99_limit_us": float,
+        "transport": str,
     },
     "servers": [
         {
@@ -361,7 +362,10 @@ def test_markdown_table_goes_to_stdout(bench_run: BenchRun) -> None:
     lines = bench_run.process.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| server |"))
     assert "echoes/s" in header
-    assert "x tutorial" in header
+    assert "x base" in header
+    assert "x base: echoes/s over the baseline's (tutorial)" in lines[-5:] or any(
+        "over the baseline's (tutorial)" in line for line in lines
+    )
     assert "64 B, 1 conn:" in lines
     start = lines.index("64 B, 1 conn:")
     rows = lines[start + 4 :][: len(SERVERS)]
@@ -657,3 +661,21 @@ def test_servers_run_on_other_interpreters_in_the_same_rounds(tmp_path: Path) ->
         return
     assert process.returncode == 0, process.stderr
     assert [r["server"] for r in report["runs"]] == ["tutorial", other["name"]] * 2
+
+
+def test_the_load_goes_over_unix_sockets_to_the_servers_that_serve_them(
+    tmp_path: Path,
+) -> None:
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "anyecho-asyncio,tutorial,trio-raw", "--transport", "unix"),
+        *("--sizes", "64", "--connections", "2", "--duration", "0.3"),
+        *("--warmup", "0.1", "--repeat", "1", "-q", "--json", str(json_path)),
+    )
+    assert process.returncode == 0, process.stderr
+    report = json.loads(json_path.read_text())
+    assert report["settings"]["transport"] == "unix"
+    status = {s["name"]: (s["status"], s["reason"]) for s in report["servers"]}
+    assert status["trio-raw"] == ("unavailable", "it does not serve Unix sockets")
+    assert [r["server"] for r in report["runs"]] == ["anyecho-asyncio", "tutorial"]
+    assert all(r["ok"] and r["echoes"] for r in report["runs"])

@@ -246,6 +246,14 @@ def add_parser(subparsers: Any) -> None:
         help="closed loop: messages in flight per connection; 1 is ping-pong "
         "(default: %(default)s)",
     )
+    what.add_argument(
+        "--transport",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="send the load over TCP on 127.0.0.1, or over Unix sockets (to the "
+        "servers that serve them: anyecho, tutorial, protocol-*, buffered-*; the "
+        "others are shown as unavailable) (default: %(default)s)",
+    )
     load = what.add_mutually_exclusive_group()
     load.add_argument(
         "--rate",
@@ -507,6 +515,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         p99_limit_us=args.p99_limit * 1e6,
         custom=tuple(args.custom),
         pythons=tuple(python.path for python in args.pythons),
+        transport=args.transport,
         target=args.target,
         target_pid=args.target_pid,
     )
@@ -529,11 +538,14 @@ def _run(settings: Settings, *, quiet: bool) -> Report:
 
 
 def _load(path: Path) -> Report:
-    from .report import SCHEMA
+    from .report import SCHEMA, Report
 
     document = json.loads(path.read_text())
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise ValueError(f"not an {SCHEMA} report")
+    missing = sorted(set(Report.__annotations__) - set(document))
+    if missing:
+        raise ValueError(f"an {SCHEMA} report without {', '.join(missing)}")
     report: Report = document  # type: ignore[assignment]
     return report
 

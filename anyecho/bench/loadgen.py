@@ -114,6 +114,7 @@ class Job:
         equal ones
     :param seed: seeds the Poisson schedule
     :param host: the server's address
+    :param unix: the path of the server's Unix socket, to connect to instead
     """
 
     port: int
@@ -125,6 +126,7 @@ class Job:
     poisson: bool = False
     seed: int = 0
     host: str = "127.0.0.1"
+    unix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -451,19 +453,34 @@ def _connect(job: Job, run: _Run) -> list[_Connection]:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 raise TimeoutError(f"timed out after {CONNECT_TIMEOUT:g}s")
-            sock = socket.create_connection((job.host, job.port), timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if job.unix is None:
+                sock = socket.create_connection((job.host, job.port), timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                sock = _connect_unix(job.unix, timeout)
             sock.setblocking(False)
             connections.append(_Connection(run, number, sock))
     except OSError as exc:
         for connection in connections:
             connection.sock.close()
         reason = str(exc) or type(exc).__name__
-        run.error(f"cannot connect to {job.host}:{job.port}: {reason}")
+        where = job.unix or f"{job.host}:{job.port}"
+        run.error(f"cannot connect to {where}: {reason}")
         return []
     for connection in connections:
         run.poller.register(connection.fd, _READ)
     return connections
+
+
+def _connect_unix(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _gaps(job: Job) -> tuple[float, random.Random | None]:

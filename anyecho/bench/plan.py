@@ -91,6 +91,7 @@ class Settings:
     :param target_pid: its process id, for its CPU time
     :param pythons: other interpreters that run the bench's own servers too (as
         ``NAME@VERSION`` in ``servers``)
+    :param transport: ``"tcp"``, or ``"unix"``: the load goes over Unix sockets
     """
 
     servers: tuple[str, ...]
@@ -115,6 +116,7 @@ class Settings:
     target: tuple[str, int] | None = None
     target_pid: int | None = None
     pythons: tuple[str, ...] = ()
+    transport: str = "tcp"
 
     @property
     def open_loop(self) -> bool:

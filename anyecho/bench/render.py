@@ -194,17 +194,18 @@ def _columns(report: Report, *, wide: bool) -> list[_Column]:
     if baseline is not None:
         columns.append(
             _Column(
-                f"x {baseline}",
+                "x base",
                 _ratio_cell("echoes_per_s"),
                 wide_only=open_loop,
-                explain=f"x {baseline}: echoes/s over {baseline}'s",
+                explain=f"x base: echoes/s over the baseline's ({baseline})",
             )
         )
         columns.append(
             _Column(
-                f"CPU x {baseline}",
+                "CPU x base",
                 _ratio_cell("cpu_us_per_echo"),
-                explain=f"CPU x {baseline}: server CPU per echo over {baseline}'s",
+                explain="CPU x base: server CPU per echo over the baseline's "
+                f"({baseline})",
             )
         )
     return [column for column in columns if wide or not column.wide_only]

@@ -29,7 +29,9 @@ in short, the document is an object with:
     ``mode`` (``"closed"``: throughput at concurrency N; ``"open"``: offered
     load), ``rates`` (list of float: the offered loads, echoes/s; empty in
     closed loop), ``schedule`` (``"fixed"``, ``"poisson"``, or null in closed
-    loop) and ``seed`` (int: seeds the Poisson schedule)
+    loop), ``seed`` (int: seeds the Poisson schedule), ``sweep`` (bool),
+    ``p99_limit_us`` (float: the p99 under which a rate counts as held) and
+    ``transport`` (``"tcp"`` or ``"unix"``)
 ``servers`` (list of objects)
     every server asked for: ``name``, ``description`` (str), ``command`` (list of
     str), ``status`` (``"ok"``; ``"unavailable"``: a package is missing;
@@ -76,6 +78,14 @@ in short, the document is an object with:
     float: the median over the baseline's median for the same workload; null
     without one, and null where this server's or the baseline's figure was the
     load generator's limit)
+``highest_rates`` (list of objects)
+    open loop, per server, size and connection count: ``server`` (str),
+    ``size``, ``connections`` (int), ``rate`` (float: the highest rate offered,
+    rising from the lowest, that the server held with a p99 under
+    ``p99_limit_us`` and with the load generator not the limit; null when none
+    was) and ``stopped_by`` (str: what failed at the next rate, or null)
+``skipped`` (list of objects)
+    the runs not made: ``workload`` (str), ``runs`` (int) and ``reason`` (str)
 ``warnings`` (list of str)
     what may make the figures less trustworthy (a saturated load generator, a
     single CPU, ...)
@@ -163,6 +173,7 @@ class SettingsRecord(TypedDict):
     seed: int
     sweep: bool
     p99_limit_us: float
+    transport: str
 
 
 ServerStatus = Literal["ok", "unavailable", "unsupported"]
@@ -451,6 +462,7 @@ def settings_record(
         "seed": settings.seed,
         "sweep": settings.sweep,
         "p99_limit_us": settings.p99_limit_us,
+        "transport": settings.transport,
     }
 
 

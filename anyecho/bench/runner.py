@@ -227,6 +227,7 @@ def measure(
             poisson=settings.poisson,
             seed=settings.seed * 1000 + run.index * 10 + index,
             host=server.host,
+            unix=server.unix,
         )
         generator.send(job=asdict(job))
     for generator in active:
@@ -262,8 +263,9 @@ def measure(
 class _Servers:
     """The running servers, started again when one has died."""
 
-    def __init__(self, cpus: Sequence[int] | None) -> None:
+    def __init__(self, cpus: Sequence[int] | None, transport: str) -> None:
         self._cpus = cpus
+        self._transport = transport
         self._running: dict[str, ServerProcess] = {}
 
     def start_all(self, specs: Sequence[ServerSpec]) -> list[ServerRecord]:
@@ -271,10 +273,12 @@ class _Servers:
 
         :return: how each one fared, in the order of ``specs``
         """
-        missing = {spec.name: spec.unavailable() for spec in specs}
+        missing = {spec.name: spec.unavailable(self._transport) for spec in specs}
         for spec in specs:
             if missing[spec.name] is None:
-                self._running[spec.name] = ServerProcess(spec, self._cpus)
+                self._running[spec.name] = ServerProcess(
+                    spec, self._cpus, self._transport
+                )
         return [
             _server_record(spec, "unavailable", reason)
             if (reason := missing[spec.name]) is not None
@@ -306,7 +310,7 @@ class _Servers:
         if server.exit_reason() is None:
             return server
         server.stop()
-        server = ServerProcess(server.spec, self._cpus)
+        server = ServerProcess(server.spec, self._cpus, self._transport)
         self._running[name] = server
         server.wait_ready()
         server.check()
@@ -368,7 +372,7 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
     warnings = list(plan.warnings)
     for warning in warnings:
         progress.message(f"warning: {warning}")
-    servers = _Servers(plan.server)
+    servers = _Servers(plan.server, settings.transport)
     runs: list[RunRecord] = []
     skipped: list[SkippedRecord] = []
     with contextlib.ExitStack() as stack:

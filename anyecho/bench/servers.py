@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class ServerSpec:
     :param target_pid: the process id of that server, for its CPU time
     :param python: another interpreter to run ``module`` with (see
         :class:`Interpreter`), or ``None`` for this one
+    :param unix: whether it takes ``--unix PATH`` to listen on a Unix socket too
     """
 
     name: str
@@ -104,6 +106,7 @@ class ServerSpec:
     target: tuple[str, int] | None = None
     target_pid: int | None = None
     python: Interpreter | None = None
+    unix: bool = False
 
     @property
     def command(self) -> list[str]:
@@ -121,15 +124,17 @@ class ServerSpec:
         """What to add to its environment."""
         return None if self.python is None else {"PYTHONPATH": self.python.pythonpath}
 
-    def unavailable(self) -> str | None:
-        """Why it cannot run here (a package is missing), or ``None``."""
+    def unavailable(self, transport: str = "tcp") -> str | None:
+        """Why it cannot run here (a package is missing, or it does not serve
+        ``transport``), or ``None``."""
+        if transport == "unix" and not self.unix:
+            return "it does not serve Unix sockets"
         if self.target is not None:
             return None
         if self.argv:
             program = self.command[0]
-            if shutil.which(program) is None:
-                return f"cannot find the program {program!r}"
-            return None
+            found = shutil.which(program) is not None
+            return None if found else f"cannot find the program {program!r}"
         if self.python is not None:
             return self.python.missing(self.backend)
         try:
@@ -259,6 +264,7 @@ def anyecho_spec(backend: str, *extra: str, name: str | None = None) -> ServerSp
             "info",
         ),
         backend,
+        unix=True,
     )
 
 
@@ -319,6 +325,7 @@ def registry() -> dict[str, ServerSpec]:
             base + "tutorial",
             (),
             "asyncio",
+            unix=True,
         )
     )
     specs += [
@@ -328,6 +335,7 @@ def registry() -> dict[str, ServerSpec]:
             base + "protocol",
             ("--loop", backend),
             backend,
+            unix=True,
         )
         for loop, backend in asyncio_loops.items()
     ]
@@ -338,6 +346,7 @@ def registry() -> dict[str, ServerSpec]:
             base + kind,
             ("--loop", backend),
             backend,
+            unix=kind == "buffered",
         )
         for kind, what in (
             ("buffered", "bare asyncio.BufferedProtocol"),
@@ -394,18 +403,29 @@ class ServerProcess:
 
     :param spec: the server
     :param cpus: the CPUs to pin it to, or ``None``
+    :param transport: ``"unix"``: it listens on a Unix socket too, at
+        :attr:`unix`, which the load is sent to
     """
 
-    def __init__(self, spec: ServerSpec, cpus: Collection[int] | None) -> None:
+    def __init__(
+        self, spec: ServerSpec, cpus: Collection[int] | None, transport: str = "tcp"
+    ) -> None:
         self.spec = spec
         self.host = "127.0.0.1"
         self.port = 0
+        #: the Unix socket the load goes to, or ``None`` for TCP
+        self.unix: str | None = None
+        self._directory: str | None = None
         self._process: subprocess.Popen[str] | None = None
         if spec.target is not None:
             self.host, self.port = spec.target
             self._output = _proc.LineReader(io.StringIO())
             return
         command = spec.command
+        if transport == "unix":
+            self._directory = tempfile.mkdtemp(prefix="anyecho-bench-")
+            self.unix = os.path.join(self._directory, "echo.sock")
+            command = [*command, "--unix", self.unix]
         if spec.argv:
             self.port = free_port()
             command = [arg.replace("{port}", str(self.port)) for arg in command]
@@ -455,14 +475,25 @@ class ServerProcess:
             time.sleep(0.05)  # polling a port that a foreign program opens
         raise ServerError(f"not listening on port {self.port} after {timeout:g}s")
 
+    def _connect(self) -> socket.socket:
+        if self.unix is None:
+            return socket.create_connection((self.host, self.port), CHECK_TIMEOUT)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CHECK_TIMEOUT)
+            sock.connect(self.unix)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def check(self) -> None:
         """Echo a few bytes through the server and close, as a client would.
 
         :raises ServerError: when that fails, saying why
         """
-        address = (self.host, self.port)
         try:
-            with socket.create_connection(address, CHECK_TIMEOUT) as sock:
+            with self._connect() as sock:
                 sock.sendall(CHECK_DATA)
                 sock.shutdown(socket.SHUT_WR)
                 echoed = b""
@@ -509,6 +540,8 @@ class ServerProcess:
         """Stop the server (SIGTERM, then SIGKILL); a target is left running."""
         if self._process is not None:
             _proc.stop(self._process)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -20,15 +20,22 @@ ASYNCIO_LOOPS = "asyncio, uvloop or asyncio:MODULE:FACTORY"
 
 
 def parser(
-    name: str, description: str, *, loops: str | None
+    name: str, description: str, *, loops: str | None, unix: bool = False
 ) -> argparse.ArgumentParser:
-    """A parser with ``--port`` and, when ``loops`` names the choices, ``--loop``."""
+    """A parser with ``--port``, ``--loop`` when ``loops`` names the choices, and
+    ``--unix`` for a server that can also listen on a Unix socket."""
     result = argparse.ArgumentParser(
         prog=f"python -m anyecho.bench.baselines.{name}", description=description
     )
     result.add_argument(
         "--port", type=int, default=0, help="TCP port; 0 picks a free one (default)"
     )
+    if unix:
+        result.add_argument(
+            "--unix",
+            metavar="PATH",
+            help="also listen on this Unix socket (the TCP port is still announced)",
+        )
     if loops is not None:
         result.add_argument(
             "--loop",

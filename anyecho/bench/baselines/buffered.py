@@ -43,9 +43,11 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport.resume_reading()
 
 
-async def serve(port: int, loop_name: str) -> None:
-    """Serve until cancelled."""
+async def serve(port: int, loop_name: str, unix: str | None = None) -> None:
+    """Serve until cancelled (on ``unix`` too, if given)."""
     loop = asyncio.get_running_loop()
+    if unix is not None:
+        await loop.create_unix_server(EchoBufferedProtocol, unix)
     server = await loop.create_server(EchoBufferedProtocol, HOST, port)
     announce(server.sockets[0].getsockname()[1], "buffered", loop_name)
     async with server:
@@ -55,10 +57,10 @@ async def serve(port: int, loop_name: str) -> None:
 def main() -> None:
     """``python -m anyecho.bench.baselines.buffered``."""
     description = "An echo server written as an asyncio.BufferedProtocol."
-    cli = parser("buffered", description, loops=ASYNCIO_LOOPS)
+    cli = parser("buffered", description, loops=ASYNCIO_LOOPS, unix=True)
     args = cli.parse_args()
     backend = resolve_loop(cli, args.loop, asyncio_only=True)
-    run_asyncio(lambda: serve(args.port, backend.name), backend)
+    run_asyncio(lambda: serve(args.port, backend.name, args.unix), backend)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ async def handle_client(
         writer.close()
 
 
-async def serve(port: int, loop_name: str) -> None:
-    """Serve until cancelled."""
+async def serve(port: int, loop_name: str, unix: str | None = None) -> None:
+    """Serve until cancelled (on ``unix`` too, if given)."""
+    if unix is not None:
+        await asyncio.start_unix_server(handle_client, unix)
     server = await asyncio.start_server(handle_client, HOST, port)
     announce(server.sockets[0].getsockname()[1], "tutorial", loop_name)
     async with server:
@@ -40,10 +42,10 @@ async def serve(port: int, loop_name: str) -> None:
 def main() -> None:
     """``python -m anyecho.bench.baselines.tutorial``."""
     description = "The asyncio tutorial's echo server (streams, read, write, drain)."
-    cli = parser("tutorial", description, loops=ASYNCIO_LOOPS)
+    cli = parser("tutorial", description, loops=ASYNCIO_LOOPS, unix=True)
     args = cli.parse_args()
     backend = resolve_loop(cli, args.loop, asyncio_only=True)
-    run_asyncio(lambda: serve(args.port, backend.name), backend)
+    run_asyncio(lambda: serve(args.port, backend.name, args.unix), backend)
 
 
 if __name__ == "__main__":
