@@ -421,6 +421,9 @@ def _metric(result: ResultRecord, metric: str) -> Summary | None:
 #: The latency chart's axis ends at this many times the p99 limit.
 OVER_LIMIT = 3
 
+#: The charts' base font size (points).
+CHART_FONT_SIZE = 15
+
 #: PNG charts are at least this many pixels wide.
 PNG_WIDTH = 1600
 
@@ -434,10 +437,14 @@ def plot(report: Report, path: Path, metric: str) -> None:
     """Chart ``report`` into ``path`` (PNG or SVG, by its suffix; needs
     ``matplotlib``): for open-loop load, latency against offered load; else
     ``metric`` as grouped bars."""
-    if report["settings"]["mode"] == "open":
-        plot_latency(report, path)
-    else:
-        plot_bars(report, path, metric)
+    from matplotlib import rc_context
+
+    # Large type: the charts must stay readable shrunk to a page's width.
+    with rc_context({"font.size": CHART_FONT_SIZE}):
+        if report["settings"]["mode"] == "open":
+            plot_latency(report, path)
+        else:
+            plot_bars(report, path, metric)
 
 
 def plot_bars(report: Report, path: Path, metric: str) -> None:
@@ -455,7 +462,7 @@ def plot_bars(report: Report, path: Path, metric: str) -> None:
     servers = list(dict.fromkeys(r["server"] for r in report["results"]))
     found = {(r["server"], r["workload"]): r for r in report["results"]}
     width = 0.8 / max(len(servers), 1)
-    figure = Figure(figsize=(12, 6), layout="constrained")
+    figure = Figure(figsize=(12, 7), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     for index, server in enumerate(servers):
@@ -472,7 +479,7 @@ def plot_bars(report: Report, path: Path, metric: str) -> None:
                     (x, 0.02),
                     xycoords=("data", "axes fraction"),
                     rotation=90,
-                    fontsize=7,
+                    fontsize="x-small",
                     ha="center",
                 )
         if not bars:
@@ -544,7 +551,7 @@ def plot_latency(report: Report, path: Path) -> None:
     servers = list(dict.fromkeys(r["server"] for r in report["results"]))
     columns = min(len(panels), 2) or 1
     rows = math.ceil(len(panels) / columns) or 1
-    figure = Figure(figsize=(12, 1 + 4.5 * rows), layout="constrained")
+    figure = Figure(figsize=(12, 3 + 5 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.subplots(rows, columns, squeeze=False)
     # Lines far over the p99 limit (a stalling server) would flatten the others:
@@ -590,7 +597,7 @@ def plot_latency(report: Report, path: Path) -> None:
                             xytext=(4, -4 - 11 * index),
                             textcoords="offset points",
                             color=color,
-                            fontsize=8,
+                            fontsize="small",
                             ha="left" if rate < axes_right / 2 else "right",
                             va="top",
                         )
@@ -617,9 +624,9 @@ def plot_latency(report: Report, path: Path) -> None:
         grid[panel // columns][panel % columns].set_visible(False)
     figure.suptitle(
         "anyecho bench: round-trip latency against offered load (lower is better)"
-        "\np99 solid, p50 dashed, from each message's intended send time; dotted: "
-        "the p99 limit; hollow: the load generator's limit; x: rate not held",
-        fontsize="large",
+        "\np99 solid, p50 dashed, timed from each message's intended send time"
+        "\ndotted: the p99 limit; hollow: the load generator's limit; x: rate not held",
+        fontsize="medium",
     )
     figure.legend(
         loc="outside lower center", ncols=min(len(servers), 4), fontsize="medium"
