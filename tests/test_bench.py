@@ -663,19 +663,24 @@ def test_servers_run_on_other_interpreters_in_the_same_rounds(tmp_path: Path) ->
     assert [r["server"] for r in report["runs"]] == ["tutorial", other["name"]] * 2
 
 
-def test_the_load_goes_over_unix_sockets_to_the_servers_that_serve_them(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("transport", "name"), [("unix", "Unix sockets"), ("tls", "TLS")]
+)
+def test_the_load_goes_over_a_transport_to_the_servers_that_serve_it(
+    tmp_path: Path, transport: str, name: str
 ) -> None:
+    if transport == "tls":
+        pytest.importorskip("trustme")
     json_path = tmp_path / "report.json"
     process = anyecho_bench(
-        *("--servers", "anyecho-asyncio,tutorial,trio-raw", "--transport", "unix"),
+        *("--servers", "anyecho-asyncio,tutorial,trio-raw", "--transport", transport),
         *("--sizes", "64", "--connections", "2", "--duration", "0.3"),
         *("--warmup", "0.1", "--repeat", "1", "-q", "--json", str(json_path)),
     )
     assert process.returncode == 0, process.stderr
     report = json.loads(json_path.read_text())
-    assert report["settings"]["transport"] == "unix"
+    assert report["settings"]["transport"] == transport
     status = {s["name"]: (s["status"], s["reason"]) for s in report["servers"]}
-    assert status["trio-raw"] == ("unavailable", "it does not serve Unix sockets")
+    assert status["trio-raw"] == ("unavailable", f"it does not serve {name}")
     assert [r["server"] for r in report["runs"]] == ["anyecho-asyncio", "tutorial"]
     assert all(r["ok"] and r["echoes"] for r in report["runs"])

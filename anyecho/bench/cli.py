@@ -248,11 +248,12 @@ def add_parser(subparsers: Any) -> None:
     )
     what.add_argument(
         "--transport",
-        choices=("tcp", "unix"),
+        choices=("tcp", "unix", "tls"),
         default="tcp",
-        help="send the load over TCP on 127.0.0.1, or over Unix sockets (to the "
-        "servers that serve them: anyecho, tutorial, protocol-*, buffered-*; the "
-        "others are shown as unavailable) (default: %(default)s)",
+        help="send the load over TCP on 127.0.0.1, Unix sockets, or TLS (with a "
+        "certificate made for the run; needs trustme) to the servers that serve "
+        "them: anyecho, tutorial, protocol-*, buffered-*; the others are shown as "
+        "unavailable (default: %(default)s)",
     )
     load = what.add_mutually_exclusive_group()
     load.add_argument(

@@ -56,6 +56,7 @@ import random
 import select
 import selectors
 import socket
+import ssl
 import sys
 import time
 from array import array
@@ -81,6 +82,11 @@ MAX_ERRORS = 5
 #: A connection with more messages than this awaiting their echo is dropped: the
 #: server is not keeping up at all (open loop only; it bounds the memory used).
 MAX_IN_FLIGHT = 1 << 20
+
+#: What a non-blocking socket (plain or TLS) raises when it cannot go on now.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+#: The most bytes a TLS connection writes at a time.
+TLS_CHUNK = 64 << 10
 
 _READ = select.EPOLLIN if hasattr(select, "epoll") else selectors.EVENT_READ
 _WRITE = select.EPOLLOUT if hasattr(select, "epoll") else selectors.EVENT_WRITE
@@ -115,6 +121,7 @@ class Job:
     :param seed: seeds the Poisson schedule
     :param host: the server's address
     :param unix: the path of the server's Unix socket, to connect to instead
+    :param tls_ca: speak TLS, trusting the CA certificates in this file
     """
 
     port: int
@@ -127,6 +134,7 @@ class Job:
     seed: int = 0
     host: str = "127.0.0.1"
     unix: str | None = None
+    tls_ca: str | None = None
 
 
 @dataclass(frozen=True)
@@ -328,7 +336,7 @@ class _Connection:
             offset = (self.base + sent) % PATTERN_PERIOD
             try:
                 written = send(view[offset : offset + min(CHUNK, target - sent)])
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 break
             except OSError as exc:
                 self.sent = sent
@@ -348,7 +356,7 @@ class _Connection:
         run = self.run
         try:
             got = self.sock.recv_into(run.buffer)
-        except BlockingIOError:
+        except _WOULD_BLOCK:
             return
         except OSError as exc:
             self.fail(f"connection lost: {exc}")
@@ -444,6 +452,62 @@ class _Connection:
                 )
 
 
+class _TlsConnection(_Connection):
+    """A connection over TLS: as a plain one, except that TLS has no half-close
+    (the client closes once every echo is back), a write that could not go on is
+    retried with the same length, and decrypted bytes may wait in the TLS layer
+    with nothing for epoll to report."""
+
+    __slots__ = ("retry",)
+
+    def __init__(self, run: _Run, number: int, sock: socket.socket) -> None:
+        super().__init__(run, number, sock)
+        self.retry = 0
+
+    def flush(self) -> None:
+        sent = self.sent
+        target = self.target
+        view = self.run.view
+        send = self.sock.send
+        while sent < target:
+            length = self.retry or min(TLS_CHUNK, target - sent)
+            offset = (self.base + sent) % PATTERN_PERIOD
+            try:
+                written = send(view[offset : offset + length])
+            except _WOULD_BLOCK:
+                self.retry = length
+                break
+            except OSError as exc:
+                self.sent = sent
+                self.fail(f"send failed: {exc}")
+                return
+            self.retry = 0
+            sent += written
+        self.sent = sent
+        want = sent < target
+        if want != self.writing:
+            self.writing = want
+            self.run.poller.modify(self.fd, _READ | _WRITE if want else _READ)
+        if not want and not self.run.sending and not self.finishing:
+            self.finish()
+
+    def readable(self, now: int) -> None:
+        super().readable(now)
+        tls = self.sock
+        assert isinstance(tls, ssl.SSLSocket)
+        while not self.closed and tls.pending():
+            super().readable(now)
+        self._done()
+
+    def finish(self) -> None:
+        self.finishing = True
+        self._done()
+
+    def _done(self) -> None:
+        if self.finishing and not self.closed and self.received >= self.target:
+            self.close()
+
+
 def _connect(job: Job, run: _Run) -> list[_Connection]:
     """Open the job's connections; on any failure, none (and say why in ``run``)."""
     connections: list[_Connection] = []
@@ -458,8 +522,14 @@ def _connect(job: Job, run: _Run) -> list[_Connection]:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 sock = _connect_unix(job.unix, timeout)
+            kind = _Connection
+            if job.tls_ca is not None:
+                sock = _tls_context(job.tls_ca).wrap_socket(
+                    sock, server_hostname=job.host
+                )
+                kind = _TlsConnection
             sock.setblocking(False)
-            connections.append(_Connection(run, number, sock))
+            connections.append(kind(run, number, sock))
     except OSError as exc:
         for connection in connections:
             connection.sock.close()
@@ -470,6 +540,11 @@ def _connect(job: Job, run: _Run) -> list[_Connection]:
     for connection in connections:
         run.poller.register(connection.fd, _READ)
     return connections
+
+
+@functools.cache
+def _tls_context(cafile: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _connect_unix(path: str, timeout: float) -> socket.socket:

@@ -228,6 +228,7 @@ def measure(
             seed=settings.seed * 1000 + run.index * 10 + index,
             host=server.host,
             unix=server.unix,
+            tls_ca=server.tls_ca,
         )
         generator.send(job=asdict(job))
     for generator in active:

@@ -8,6 +8,7 @@ anyecho itself (``anyecho serve``) on each backend, and the reference servers of
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -18,6 +19,7 @@ import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -44,6 +46,10 @@ __all__ = [
     "target_spec",
 ]
 
+#: The transports, by what ``--transport`` calls them.
+TRANSPORT_NAMES = {"tcp": "TCP", "unix": "Unix sockets", "tls": "TLS"}
+ALL_TRANSPORTS = tuple(TRANSPORT_NAMES)
+
 #: How long a server may take to start listening (seconds).
 START_TIMEOUT = 30.0
 #: How long the check echo may take (seconds).
@@ -51,7 +57,7 @@ CHECK_TIMEOUT = 5.0
 #: What the check sends.
 CHECK_DATA = b"anyecho bench: does this come back?\n"
 
-_READY = re.compile(r"tcp://127\.0\.0\.1:(\d+)")
+_READY = re.compile(r"(?:tcp|tls)://127\.0\.0\.1:(\d+)")
 _ERROR_LINE = re.compile(r"^[\s|+]*((?:\w+\.)*\w+(?:Error|Exception|Exit)\b.*)$")
 _FRAME_LINE = re.compile(r'^[\s|+]*File ".*", line \d+, in (\S+)')
 
@@ -93,7 +99,8 @@ class ServerSpec:
     :param target_pid: the process id of that server, for its CPU time
     :param python: another interpreter to run ``module`` with (see
         :class:`Interpreter`), or ``None`` for this one
-    :param unix: whether it takes ``--unix PATH`` to listen on a Unix socket too
+    :param transports: ``"tcp"``, and ``"unix"`` and ``"tls"`` where it takes
+        ``--unix PATH`` (to listen on a Unix socket too) and ``--tls-cert FILE``
     """
 
     name: str
@@ -106,7 +113,7 @@ class ServerSpec:
     target: tuple[str, int] | None = None
     target_pid: int | None = None
     python: Interpreter | None = None
-    unix: bool = False
+    transports: tuple[str, ...] = ("tcp",)
 
     @property
     def command(self) -> list[str]:
@@ -119,6 +126,13 @@ class ServerSpec:
             return [self.python.path, "-m", self.module, *self.args, "--port", "0"]
         return _proc.python_command(self.module, *self.args, "--port", "0")
 
+    def _transport_missing(self, transport: str) -> str | None:
+        if transport not in self.transports:
+            return f"it does not serve {TRANSPORT_NAMES[transport]}"
+        if transport == "tls" and importlib.util.find_spec("trustme") is None:
+            return "--transport tls needs trustme for its certificates"
+        return None
+
     @property
     def env(self) -> dict[str, str] | None:
         """What to add to its environment."""
@@ -127,8 +141,8 @@ class ServerSpec:
     def unavailable(self, transport: str = "tcp") -> str | None:
         """Why it cannot run here (a package is missing, or it does not serve
         ``transport``), or ``None``."""
-        if transport == "unix" and not self.unix:
-            return "it does not serve Unix sockets"
+        if (why := self._transport_missing(transport)) is not None:
+            return why
         if self.target is not None:
             return None
         if self.argv:
@@ -264,7 +278,7 @@ def anyecho_spec(backend: str, *extra: str, name: str | None = None) -> ServerSp
             "info",
         ),
         backend,
-        unix=True,
+        transports=ALL_TRANSPORTS,
     )
 
 
@@ -325,7 +339,7 @@ def registry() -> dict[str, ServerSpec]:
             base + "tutorial",
             (),
             "asyncio",
-            unix=True,
+            transports=ALL_TRANSPORTS,
         )
     )
     specs += [
@@ -335,7 +349,7 @@ def registry() -> dict[str, ServerSpec]:
             base + "protocol",
             ("--loop", backend),
             backend,
-            unix=True,
+            transports=ALL_TRANSPORTS,
         )
         for loop, backend in asyncio_loops.items()
     ]
@@ -346,7 +360,7 @@ def registry() -> dict[str, ServerSpec]:
             base + kind,
             ("--loop", backend),
             backend,
-            unix=kind == "buffered",
+            transports=ALL_TRANSPORTS if kind == "buffered" else ("tcp",),
         )
         for kind, what in (
             ("buffered", "bare asyncio.BufferedProtocol"),
@@ -404,7 +418,8 @@ class ServerProcess:
     :param spec: the server
     :param cpus: the CPUs to pin it to, or ``None``
     :param transport: ``"unix"``: it listens on a Unix socket too, at
-        :attr:`unix`, which the load is sent to
+        :attr:`unix`, which the load is sent to; ``"tls"``: it speaks TLS, with a
+        certificate that :attr:`tls_ca` signed
     """
 
     def __init__(
@@ -415,6 +430,8 @@ class ServerProcess:
         self.port = 0
         #: the Unix socket the load goes to, or ``None`` for TCP
         self.unix: str | None = None
+        #: the CA file that signed its certificate, for TLS, or ``None``
+        self.tls_ca: str | None = None
         self._directory: str | None = None
         self._process: subprocess.Popen[str] | None = None
         if spec.target is not None:
@@ -426,6 +443,9 @@ class ServerProcess:
             self._directory = tempfile.mkdtemp(prefix="anyecho-bench-")
             self.unix = os.path.join(self._directory, "echo.sock")
             command = [*command, "--unix", self.unix]
+        elif transport == "tls":
+            self.tls_ca, key_and_chain = tls_files()
+            command = [*command, "--tls-cert", key_and_chain]
         if spec.argv:
             self.port = free_port()
             command = [arg.replace("{port}", str(self.port)) for arg in command]
@@ -476,6 +496,10 @@ class ServerProcess:
         raise ServerError(f"not listening on port {self.port} after {timeout:g}s")
 
     def _connect(self) -> socket.socket:
+        if self.tls_ca is not None:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            sock = socket.create_connection((self.host, self.port), CHECK_TIMEOUT)
+            return context.wrap_socket(sock, server_hostname=self.host)
         if self.unix is None:
             return socket.create_connection((self.host, self.port), CHECK_TIMEOUT)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -495,9 +519,13 @@ class ServerProcess:
         try:
             with self._connect() as sock:
                 sock.sendall(CHECK_DATA)
-                sock.shutdown(socket.SHUT_WR)
+                tls = isinstance(sock, ssl.SSLSocket)
+                if not tls:  # TLS has no half-close: read the echo, then close
+                    sock.shutdown(socket.SHUT_WR)
                 echoed = b""
-                while chunk := sock.recv(4096):
+                while (not tls or len(echoed) < len(CHECK_DATA)) and (
+                    chunk := sock.recv(4096)
+                ):
                     echoed += chunk
         except OSError as exc:
             raise ServerError(self._failure(f"check echo failed: {exc}")) from None
@@ -542,6 +570,23 @@ class ServerProcess:
             _proc.stop(self._process)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
+
+
+@functools.cache
+def tls_files() -> tuple[str, str]:
+    """A CA and a certificate for 127.0.0.1 that it signed, made once per run
+    (with trustme) in a directory of their own: the CA file, and the file with
+    the server's key and certificate chain."""
+    import trustme
+
+    directory = tempfile.mkdtemp(prefix="anyecho-bench-tls-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    ca = trustme.CA()
+    ca_file = os.path.join(directory, "ca.pem")
+    server_file = os.path.join(directory, "server.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(server_file)
+    return ca_file, server_file
 
 
 def free_port() -> int:

@@ -11,7 +11,15 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from ._common import ASYNCIO_LOOPS, HOST, announce, parser, resolve_loop, run_asyncio
+from ._common import (
+    ASYNCIO_LOOPS,
+    HOST,
+    announce,
+    parser,
+    resolve_loop,
+    run_asyncio,
+    tls_context,
+)
 
 #: Bytes read at most at a time, per connection.
 BUFFER_SIZE = 256 * 1024
@@ -43,13 +51,17 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport.resume_reading()
 
 
-async def serve(port: int, loop_name: str, unix: str | None = None) -> None:
-    """Serve until cancelled (on ``unix`` too, if given)."""
+async def serve(
+    port: int, loop_name: str, unix: str | None = None, tls_cert: str | None = None
+) -> None:
+    """Serve until cancelled (on ``unix`` too, if given; TLS with ``tls_cert``)."""
     loop = asyncio.get_running_loop()
     if unix is not None:
         await loop.create_unix_server(EchoBufferedProtocol, unix)
-    server = await loop.create_server(EchoBufferedProtocol, HOST, port)
-    announce(server.sockets[0].getsockname()[1], "buffered", loop_name)
+    tls = tls_context(tls_cert)
+    server = await loop.create_server(EchoBufferedProtocol, HOST, port, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, "buffered", loop_name, tls=tls is not None)
     async with server:
         await server.serve_forever()
 
@@ -60,7 +72,9 @@ def main() -> None:
     cli = parser("buffered", description, loops=ASYNCIO_LOOPS, unix=True)
     args = cli.parse_args()
     backend = resolve_loop(cli, args.loop, asyncio_only=True)
-    run_asyncio(lambda: serve(args.port, backend.name, args.unix), backend)
+    run_asyncio(
+        lambda: serve(args.port, backend.name, args.unix, args.tls_cert), backend
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from ._common import ASYNCIO_LOOPS, HOST, announce, parser, resolve_loop, run_asyncio
+from ._common import (
+    ASYNCIO_LOOPS,
+    HOST,
+    announce,
+    parser,
+    resolve_loop,
+    run_asyncio,
+    tls_context,
+)
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -31,13 +39,17 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
 
-async def serve(port: int, loop_name: str, unix: str | None = None) -> None:
-    """Serve until cancelled (on ``unix`` too, if given)."""
+async def serve(
+    port: int, loop_name: str, unix: str | None = None, tls_cert: str | None = None
+) -> None:
+    """Serve until cancelled (on ``unix`` too, if given; TLS with ``tls_cert``)."""
     loop = asyncio.get_running_loop()
     if unix is not None:
         await loop.create_unix_server(EchoProtocol, unix)
-    server = await loop.create_server(EchoProtocol, HOST, port)
-    announce(server.sockets[0].getsockname()[1], "protocol", loop_name)
+    tls = tls_context(tls_cert)
+    server = await loop.create_server(EchoProtocol, HOST, port, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, "protocol", loop_name, tls=tls is not None)
     async with server:
         await server.serve_forever()
 
@@ -48,7 +60,9 @@ def main() -> None:
     cli = parser("protocol", description, loops=ASYNCIO_LOOPS, unix=True)
     args = cli.parse_args()
     backend = resolve_loop(cli, args.loop, asyncio_only=True)
-    run_asyncio(lambda: serve(args.port, backend.name, args.unix), backend)
+    run_asyncio(
+        lambda: serve(args.port, backend.name, args.unix, args.tls_cert), backend
+    )
 
 
 if __name__ == "__main__":
