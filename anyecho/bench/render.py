@@ -448,77 +448,95 @@ def plot(report: Report, path: Path, metric: str) -> None:
 
 
 def plot_bars(report: Report, path: Path, metric: str) -> None:
-    """Draw ``metric`` as grouped bars (one group per workload) into ``path``.
+    """Draw ``metric`` as grouped bars into ``path``: one panel per message size
+    (each with a linear axis of its own, since sizes differ by orders of
+    magnitude), one group per connection count, one bar per server.
 
-    Bars show medians, whiskers the spread over the runs, on a linear axis; a
-    failed server is marked ``FAILED`` where its bar would be, and a figure that
-    was the load generator's limit is hatched and marked ``!``. The legend sits
-    below the axes, clear of the bars.
+    Bars show medians, whiskers the spread over the runs; a failed server is
+    marked ``FAILED`` where its bar would be, and a figure that was the load
+    generator's limit is hatched and marked ``!``. The legend sits below the
+    panels, clear of the bars.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     workloads = [w for w in report["workloads"] if _has_results(report, w["id"])]
+    sizes = list(dict.fromkeys(w["size"] for w in workloads))
     servers = list(dict.fromkeys(r["server"] for r in report["results"]))
     found = {(r["server"], r["workload"]): r for r in report["results"]}
     width = 0.8 / max(len(servers), 1)
-    figure = Figure(figsize=(12, 7), layout="constrained")
+    columns = min(len(sizes), 2) or 1
+    rows = math.ceil(len(sizes) / columns) or 1
+    figure = Figure(figsize=(12, 2.5 + 4 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    for index, server in enumerate(servers):
-        bars: list[tuple[float, Summary, bool]] = []
-        for position, workload in enumerate(workloads):
-            x = position - 0.4 + (index + 0.5) * width
-            result = found.get((server, workload["id"]))
-            summary = None if result is None else _metric(result, metric)
-            if result is not None and summary is not None:
-                bars.append((x, summary, result["loadgen_limited"]))
-            elif result is not None:
-                axes.annotate(
-                    f"{server}: {'n/a' if result['ok'] else 'FAILED'}",
-                    (x, 0.02),
-                    xycoords=("data", "axes fraction"),
-                    rotation=90,
-                    fontsize="x-small",
-                    ha="center",
-                )
-        if not bars:
-            continue
-        summaries = [summary for _, summary, _ in bars]
-        drawn = axes.bar(
-            [x for x, _, _ in bars],
-            [s["median"] for s in summaries],
-            width,
-            yerr=[
-                [s["median"] - s["min"] for s in summaries],
-                [s["max"] - s["median"] for s in summaries],
-            ],
-            color=f"C{index % 10}",
-            label=server,
-            capsize=2,
-        )
-        for bar, (_, summary, limited) in zip(drawn, bars, strict=True):
-            if limited:
-                bar.set_hatch("//")
-                bar.set_alpha(0.5)
-                axes.annotate(
-                    LIMITED_MARK,
-                    (bar.get_x() + bar.get_width() / 2, summary["median"]),
-                    ha="center",
-                    va="bottom",
-                    fontsize=9,
-                )
-    axes.set_xticks(range(len(workloads)), [w["label"] for w in workloads])
-    axes.set_ylim(bottom=0)
-    axes.set_ylabel(METRICS[metric])
+    grid = figure.subplots(rows, columns, squeeze=False)
+    limited_any = False
+    for panel, size in enumerate(sizes):
+        axes = grid[panel // columns][panel % columns]
+        group = [w for w in workloads if w["size"] == size]
+        for index, server in enumerate(servers):
+            bars: list[tuple[float, Summary, bool]] = []
+            for position, workload in enumerate(group):
+                x = position - 0.4 + (index + 0.5) * width
+                result = found.get((server, workload["id"]))
+                summary = None if result is None else _metric(result, metric)
+                if result is not None and summary is not None:
+                    bars.append((x, summary, result["loadgen_limited"]))
+                elif result is not None:
+                    axes.annotate(
+                        f"{server}: {'n/a' if result['ok'] else 'FAILED'}",
+                        (x, 0.02),
+                        xycoords=("data", "axes fraction"),
+                        rotation=90,
+                        fontsize="x-small",
+                        ha="center",
+                    )
+            if not bars:
+                continue
+            summaries = [summary for _, summary, _ in bars]
+            drawn = axes.bar(
+                [x for x, _, _ in bars],
+                [s["median"] for s in summaries],
+                width,
+                yerr=[
+                    [s["median"] - s["min"] for s in summaries],
+                    [s["max"] - s["median"] for s in summaries],
+                ],
+                color=f"C{index % 10}",
+                label=server if panel == 0 else None,
+                capsize=2,
+            )
+            for bar, (_, summary, limited) in zip(drawn, bars, strict=True):
+                if limited:
+                    limited_any = True
+                    bar.set_hatch("//")
+                    bar.set_alpha(0.5)
+                    axes.annotate(
+                        LIMITED_MARK,
+                        (bar.get_x() + bar.get_width() / 2, summary["median"]),
+                        ha="center",
+                        va="bottom",
+                    )
+        labels = [
+            f"{w['connections']} conn{'s' * (w['connections'] > 1)}"
+            + (f", {w['pipeline']} in flight" if w["pipeline"] > 1 else "")
+            for w in group
+        ]
+        axes.set_xticks(range(len(group)), labels)
+        axes.set_ylim(bottom=0)
+        axes.set_title(format_size(size))
+        axes.grid(axis="y", alpha=0.3)
+        if panel % columns == 0:
+            axes.set_ylabel(METRICS[metric])
+    for panel in range(len(sizes), rows * columns):
+        grid[panel // columns][panel % columns].set_visible(False)
     better = "lower" if metric in LOWER_IS_BETTER else "higher"
     title = f"anyecho bench: {METRICS[metric]} ({better} is better)"
-    if any(r["loadgen_limited"] for r in report["results"]):
+    if limited_any:
         title += (
             f"\nhatched, {LIMITED_MARK}: the load generator's limit, not the server's"
         )
-    axes.set_title(title, fontsize="large")
-    axes.grid(axis="y", alpha=0.3)
+    figure.suptitle(title, fontsize="large")
     figure.legend(
         loc="outside lower center", ncols=min(len(servers), 4), fontsize="medium"
     )
