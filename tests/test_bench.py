@@ -462,7 +462,8 @@ def test_open_loop_shows_the_stalls_that_closed_loop_hides(tmp_path: Path) -> No
     assert open_report["settings"]["mode"] == "open"
     assert open_report["settings"]["schedule"] == "fixed"
     assert open_run["requested_rate"] == 1000.0
-    assert open_run["held_rate"] is True
+    # A stall at the end of the window holds back up to 15 % of its echoes.
+    assert open_run["echoes_per_s"] >= 800
     assert open_run["scheduled"] == pytest.approx(2000, rel=0.05)
     assert not open_run["loadgen_limited"], open_run["limited_by"]
     open_p99 = open_run["latency_us"]["p99"]

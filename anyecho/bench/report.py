@@ -574,11 +574,11 @@ def _why_not(runs: Sequence[RunRecord], p99_limit_us: float) -> str:
             return "failed"
         if run["loadgen_limited"]:
             return "the load generator's limit"
-        if run["held_rate"] is False:
-            return "rate not held"
         latency = run["latency_us"]
         if latency is not None and latency["p99"] > p99_limit_us:
             return f"p99 {latency['p99'] / 1e3:.3g} ms over the limit"
+        if run["held_rate"] is False:
+            return "rate not held"
     return "not held"  # pragma: no cover - holds() said one of the above
 
 
