@@ -576,7 +576,9 @@ def _why_not(runs: Sequence[RunRecord], p99_limit_us: float) -> str:
             return "the load generator's limit"
         latency = run["latency_us"]
         if latency is not None and latency["p99"] > p99_limit_us:
-            return f"p99 {latency['p99'] / 1e3:.3g} ms over the limit"
+            p99 = latency["p99"]
+            shown = f"{p99 / 1e3:.3g} ms" if p99 < 1e6 else f"{p99 / 1e6:.3g} s"
+            return f"p99 {shown} over the limit"
         if run["held_rate"] is False:
             return "rate not held"
     return "not held"  # pragma: no cover - holds() said one of the above
