@@ -48,6 +48,7 @@ the server has echoed everything and closed its side, or until
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -653,8 +654,21 @@ def _drive(  # noqa: PLR0912, PLR0915 - one loop, its state in locals, for speed
     return result
 
 
+def _raise_file_limit() -> None:
+    """Allow as many open sockets as the system lets this process have."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve_commands(commands: IO[str], replies: IO[str]) -> None:
     """Carry out the runner's commands (see the module documentation)."""
+    _raise_file_limit()
     loop = "epoll" if hasattr(select, "epoll") else "selectors"
     _reply(replies, ready={"pid": os.getpid(), "loop": loop})
     while line := commands.readline():
