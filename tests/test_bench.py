@@ -13,14 +13,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pytest
 
 from anyecho._args import format_size, parse_size
 from anyecho.bench import cli, render
 from anyecho.bench.histogram import Histogram
-from anyecho.bench.plan import Settings, Workload, schedule
+from anyecho.bench.plan import PlannedRun, Settings, Workload, schedule
 from anyecho.bench.report import SCHEMA, Measurement, run_record
 from anyecho.bench.report import results as report_results
 from anyecho.bench.runner import split_connections
@@ -685,3 +685,44 @@ def test_the_load_goes_over_a_transport_to_the_servers_that_serve_it(
     assert status["trio-raw"] == ("unavailable", f"it does not serve {name}")
     assert [r["server"] for r in report["runs"]] == ["anyecho-asyncio", "tutorial"]
     assert all(r["ok"] and r["echoes"] for r in report["runs"])
+
+
+def test_rounds_the_load_generator_cannot_measure_are_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from anyecho.bench import runner
+    from anyecho.bench.progress import QuietProgress
+
+    class Servers:
+        def names(self) -> list[str]:
+            return ["a", "b"]
+
+        def get(self, name: str) -> str:
+            return name
+
+    def measure(server: object, run: PlannedRun, *_: object) -> Measurement:
+        # At 64 B the load generator is at its limit for every server.
+        busy = 0.99 if run.workload.size == 64 else 0.2
+        return Measurement(window_s=1.0, echoes=100, client_cpu_s=[busy])
+
+    monkeypatch.setattr(runner, "measure", measure)
+    settings = Settings(servers=("a", "b"), sizes=(64, 1024), connections=(1,))
+    records: list[Any] = []
+    skipped: list[Any] = []
+    assert runner._run_planned(
+        settings.workloads,
+        servers=cast(Any, Servers()),
+        generators=[],
+        settings=settings,
+        progress=QuietProgress(),
+        records=records,
+        skipped=skipped,
+    )
+    # 64 B: the first round only; 1 KiB: every round, interleaved.
+    assert [(r["workload"], r["round"], r["server"]) for r in records] == [
+        ("64B-1c-1p", 0, "a"),
+        ("64B-1c-1p", 0, "b"),
+        *[("1024B-1c-1p", n, s) for n in range(3) for s in "ab"],
+    ]
+    assert [(s["workload"], s["runs"]) for s in skipped] == [("64B-1c-1p", 4)]
+    assert "the load generator was the limit" in skipped[0]["reason"]
