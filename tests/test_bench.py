@@ -7,21 +7,24 @@ read what it wrote.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pytest
 
 from anyecho._args import format_size, parse_size
 from anyecho.bench import cli, render
 from anyecho.bench.histogram import Histogram
-from anyecho.bench.plan import Settings, Workload, schedule
-from anyecho.bench.report import SCHEMA
+from anyecho.bench.plan import PlannedRun, Settings, Workload, schedule
+from anyecho.bench.report import SCHEMA, Measurement, run_record
+from anyecho.bench.report import results as report_results
 from anyecho.bench.runner import split_connections
+from anyecho.bench.servers import STALL
 
 SERVERS = ("anyecho-asyncio", "tutorial", "broken", "broken-die")
 FAULTY = {"broken", "broken-die"}
@@ -148,7 +151,7 @@ class MapOf(NamedTuple):
 
 
 SUMMARY = {"median": float, "min": float, "max": float}
-LATENCY = {"p50": float, "p90": float, "p99": float, "max": float}
+LATENCY = {"p50": float, "p90": float, "p99": float, "p999": float, "max": float}
 REPORT_SCHEMA: dict[str, Any] = {
     "schema": str,
     "created": str,
@@ -161,6 +164,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "cpu_count": int,
         "cpus_usable": Nullable(int),
         "cpu_model": Nullable(str),
+        "kernel": str,
     },
     "versions": MapOf(Nullable(str)),
     "settings": {
@@ -177,6 +181,13 @@ REPORT_SCHEMA: dict[str, Any] = {
         "server_cpus": Nullable([int]),
         "client_cpus": [Nullable([int])],
         "loadgen_loop": str,
+        "mode": str,
+        "rates": [float],
+        "schedule": Nullable(str),
+        "seed": int,
+        "sweep": bool,
+        "p99_limit_us": float,
+        "transport": str,
     },
     "servers": [
         {
@@ -188,7 +199,14 @@ REPORT_SCHEMA: dict[str, Any] = {
         }
     ],
     "workloads": [
-        {"id": str, "label": str, "size": int, "connections": int, "pipeline": int}
+        {
+            "id": str,
+            "label": str,
+            "size": int,
+            "connections": int,
+            "pipeline": int,
+            "rate": Nullable(float),
+        }
     ],
     "runs": [
         {
@@ -207,6 +225,14 @@ REPORT_SCHEMA: dict[str, Any] = {
             "cpu_us_per_echo": Nullable(float),
             "client_cpu_percent": [float],
             "client_saturated": bool,
+            "client_cpu_us_per_echo": Nullable(float),
+            "mode": str,
+            "requested_rate": Nullable(float),
+            "scheduled": int,
+            "send_lag_us": Nullable(LATENCY),
+            "held_rate": Nullable(bool),
+            "loadgen_limited": bool,
+            "limited_by": Nullable(str),
         }
     ],
     "results": [
@@ -222,12 +248,28 @@ REPORT_SCHEMA: dict[str, Any] = {
             "cpu_us_per_echo": Nullable(SUMMARY),
             "latency_us": Nullable(dict.fromkeys(LATENCY, SUMMARY)),
             "client_cpu_percent": Nullable(SUMMARY),
+            "client_cpu_us_per_echo": Nullable(SUMMARY),
+            "requested_rate": Nullable(float),
+            "send_lag_us_p99": Nullable(SUMMARY),
+            "held_rate": Nullable(bool),
+            "loadgen_limited": bool,
+            "limited_by": Nullable(str),
             "ratio": {
                 "echoes_per_s": Nullable(float),
                 "cpu_us_per_echo": Nullable(float),
             },
         }
     ],
+    "highest_rates": [
+        {
+            "server": str,
+            "size": int,
+            "connections": int,
+            "rate": Nullable(float),
+            "stopped_by": Nullable(str),
+        }
+    ],
+    "skipped": [{"workload": str, "runs": int, "reason": str}],
     "warnings": [str],
 }
 
@@ -303,9 +345,13 @@ def test_sound_servers_pass_and_faulty_ones_fail(bench_run: BenchRun) -> None:
 
 
 def test_ratios_compare_with_the_baseline(bench_run: BenchRun) -> None:
-    for result in bench_run.report["results"]:
+    results = bench_run.report["results"]
+    base = {r["workload"]: r for r in results if r["server"] == "tutorial"}
+    for result in results:
         ratio = result["ratio"]["echoes_per_s"]
-        if result["server"] == "tutorial":
+        if result["loadgen_limited"] or base[result["workload"]]["loadgen_limited"]:
+            assert ratio is None  # a load generator figure is no server figure
+        elif result["server"] == "tutorial":
             assert ratio == 1.0
         elif result["ok"]:
             assert ratio is not None
@@ -314,11 +360,16 @@ def test_ratios_compare_with_the_baseline(bench_run: BenchRun) -> None:
 
 def test_markdown_table_goes_to_stdout(bench_run: BenchRun) -> None:
     lines = bench_run.process.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("| workload | server |"))
+    header = next(line for line in lines if line.startswith("| server |"))
     assert "echoes/s" in header
-    assert "x tutorial" in header
-    rows = [line for line in lines if line.startswith("| 64 B, 1 conn |")]
-    assert [row.split(" | ")[1] for row in rows] == list(SERVERS)
+    assert "x base" in header
+    assert "x base: echoes/s over the baseline's (tutorial)" in lines[-5:] or any(
+        "over the baseline's (tutorial)" in line for line in lines
+    )
+    assert "64 B, 1 conn:" in lines
+    start = lines.index("64 B, 1 conn:")
+    rows = lines[start + 4 :][: len(SERVERS)]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows] == list(SERVERS)
     assert "FAILED [" in rows[2]
 
 
@@ -339,7 +390,9 @@ def test_saved_report_prints_and_plots_again(
     )
     assert process.returncode == 1  # the report holds failed runs
     assert "anyecho-asyncio" in process.stdout  # the terminal table
-    assert "| 4 KiB, 3 conns | tutorial |" in markdown.read_text()
+    assert "4 KiB, 3 conns:" in markdown.read_text()
+    assert "| tutorial |" in markdown.read_text()
+    assert f"wrote {markdown}, {plot}" in process.stderr
     assert plot.read_text().lstrip().startswith("<?xml")
 
 
@@ -380,3 +433,296 @@ def test_list_servers_shows_hidden_and_unavailable_ones() -> None:
     names = [line.split()[0] for line in process.stdout.splitlines()]
     assert {"anyecho-asyncio", "tutorial", "protocol-asyncio", "broken"} <= set(names)
     assert re.search(r"^broken .*\[hidden\]$", process.stdout, re.M)
+
+
+# -- open loop: latency from the intended send time ------------------------------
+
+
+def stalling_run(tmp_path: Path, *load: str) -> dict[str, Any]:
+    """The one run of a short benchmark of the stalling server."""
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "stalling", "--sizes", "64", "--connections", "4"),
+        *("--duration", "2", "--warmup", "0.2", "--repeat", "1", "-q"),
+        *("--json", str(json_path), *load),
+    )
+    assert process.returncode == 0, process.stderr
+    report: dict[str, Any] = json.loads(json_path.read_text())
+    check(report, REPORT_SCHEMA)
+    [run] = report["runs"]
+    assert run["ok"], run["error"]
+    return report
+
+
+def test_open_loop_shows_the_stalls_that_closed_loop_hides(tmp_path: Path) -> None:
+    stall_us = STALL * 1e6
+    open_report = stalling_run(tmp_path, "--rate", "1000")
+    closed_report = stalling_run(tmp_path, "--pipeline", "1")
+    [open_run], [closed_run] = open_report["runs"], closed_report["runs"]
+    assert open_report["settings"]["mode"] == "open"
+    assert open_report["settings"]["schedule"] == "fixed"
+    assert open_run["requested_rate"] == 1000.0
+    # A stall at the end of the window holds back up to 15 % of its echoes.
+    assert open_run["echoes_per_s"] >= 800
+    assert open_run["scheduled"] == pytest.approx(2000, rel=0.05)
+    assert not open_run["loadgen_limited"], open_run["limited_by"]
+    open_p99 = open_run["latency_us"]["p99"]
+    closed_p99 = closed_run["latency_us"]["p99"]
+    # Every message due during a stall waits for its end: with 150 ms stalls
+    # every 500 ms, the slowest 1 % of round trips take most of a stall ...
+    assert open_p99 >= 0.5 * stall_us, (open_p99, closed_p99)
+    # ... while closed loop sends nothing meanwhile, so few round trips see one.
+    assert closed_report["settings"]["mode"] == "closed"
+    assert closed_run["requested_rate"] is None
+    assert closed_p99 < open_p99 / 3, (open_p99, closed_p99)
+    assert closed_run["latency_us"]["max"] >= 0.5 * stall_us  # it did stall
+
+
+def test_a_poisson_schedule_is_recorded_with_its_seed(tmp_path: Path) -> None:
+    report = stalling_run(tmp_path, "--rates", "500", "--schedule", "poisson")
+    assert report["settings"]["schedule"] == "poisson"
+    assert report["settings"]["seed"] == 0
+    assert report["settings"]["rates"] == [500.0]
+    [run] = report["runs"]
+    assert run["scheduled"] == pytest.approx(1000, rel=0.2)
+
+
+# -- the load generator's limit --------------------------------------------------
+
+
+def lag_histogram(*values_us: float) -> Histogram:
+    histogram = Histogram()
+    histogram.add_all(int(value * 1e3) for value in values_us)
+    return histogram
+
+
+def test_a_saturated_load_generator_is_no_server_figure() -> None:
+    run = schedule(["a", "b"], [Workload(64, 1)], 1)
+    measured = Measurement(window_s=1.0, echoes=1000, client_cpu_s=[0.97])
+    measured.latency = lag_histogram(100)
+    record = run_record(run[0], measured)
+    assert record["client_saturated"]
+    assert record["loadgen_limited"]
+    assert "load generator at 97 % CPU" in (record["limited_by"] or "")
+    assert record["client_cpu_us_per_echo"] == pytest.approx(970)
+    healthy = Measurement(window_s=1.0, echoes=1000, client_cpu_s=[0.3])
+    healthy.latency = lag_histogram(100)
+    other = run_record(run[1], healthy)
+    assert not other["loadgen_limited"]
+    results = report_results([record, other], ["a", "b"], "b")
+    assert [r["loadgen_limited"] for r in results] == [True, False]
+    assert results[0]["ratio"] == {"echoes_per_s": None, "cpu_us_per_echo": None}
+
+
+@pytest.mark.parametrize(
+    ("lag_us", "latency_us", "limited"),
+    [(5_000, 6_000, True), (5_000, 150_000, False), (500, 600, False)],
+)
+def test_a_load_generator_behind_its_schedule_is_flagged(
+    lag_us: float, latency_us: float, limited: bool
+) -> None:
+    [run] = schedule(["a"], [Workload(64, 1, rate=1000.0)], 1)
+    measured = Measurement(
+        window_s=1.0, echoes=990, client_cpu_s=[0.2], requested_rate=1000.0
+    )
+    measured.latency = lag_histogram(*[100] * 98, latency_us, latency_us)
+    measured.lag = lag_histogram(*[10] * 98, lag_us, lag_us)
+    record = run_record(run, measured)
+    assert record["mode"] == "open"
+    assert record["held_rate"] is True
+    assert record["loadgen_limited"] is limited
+    assert ("late on its schedule" in (record["limited_by"] or "")) is limited
+
+
+def test_a_rate_the_server_does_not_hold_is_a_server_figure() -> None:
+    [run] = schedule(["a"], [Workload(64, 1, rate=1000.0)], 1)
+    measured = Measurement(
+        window_s=1.0, echoes=500, client_cpu_s=[0.2], requested_rate=1000.0
+    )
+    measured.latency = lag_histogram(100)
+    measured.lag = lag_histogram(10)
+    record = run_record(run, measured)
+    assert record["held_rate"] is False
+    assert not record["loadgen_limited"]
+
+
+def test_a_sweep_stops_a_server_at_its_knee(tmp_path: Path) -> None:
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "stalling,protocol-asyncio", "--sizes", "64"),
+        *("--connections", "2", "--duration", "1", "--warmup", "0.2"),
+        *("--repeat", "1", "--sweep", "--sweep-start", "500"),
+        *("--sweep-factor", "2", "--sweep-steps", "2", "--json", str(json_path)),
+    )
+    assert process.returncode == 0, process.stderr
+    report = json.loads(json_path.read_text())
+    check(report, REPORT_SCHEMA)
+    assert report["settings"]["sweep"] is True
+    assert report["settings"]["p99_limit_us"] == 10_000.0
+    assert [w["rate"] for w in report["workloads"]][:1] == [500.0]
+    runs = report["runs"]
+    # The first step runs both servers, interleaved; the stalling one's p99 is
+    # far over the limit, so it gets no second step.
+    assert [(r["server"], r["requested_rate"]) for r in runs[:2]] == [
+        ("stalling", 500.0),
+        ("protocol-asyncio", 500.0),
+    ]
+    assert [r["server"] for r in runs[2:]] in ([], ["protocol-asyncio"])
+    assert [r["index"] for r in runs] == list(range(len(runs)))
+    highest = {entry["server"]: entry for entry in report["highest_rates"]}
+    assert highest["stalling"]["rate"] is None
+    assert "over the limit at 500/s" in highest["stalling"]["stopped_by"]
+    assert "highest rate held with p99 under 10ms" in process.stdout
+
+
+# -- any server ------------------------------------------------------------------
+
+
+def test_servers_of_ones_own_and_running_targets_join_the_rounds(
+    tmp_path: Path,
+) -> None:
+    json_path = tmp_path / "report.json"
+    command = "{python} -m anyecho.bench.baselines.protocol --port {port}"
+    with subprocess.Popen(
+        [sys.executable, "-m", "anyecho.bench.baselines.tutorial", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as running:
+        assert running.stdout is not None
+        ready = running.stdout.readline()
+        port = re.search(r"tcp://127\.0\.0\.1:(\d+)", ready)
+        assert port is not None, ready
+        process = anyecho_bench(
+            *("--servers", "tutorial", "--server", f"mine={command}"),
+            *("--target", f"127.0.0.1:{port[1]}", "--target-pid", str(running.pid)),
+            *("--sizes", "64", "--connections", "2", "--duration", "0.3"),
+            *("--warmup", "0.1", "--repeat", "2", "-q", "--json", str(json_path)),
+        )
+        running.terminate()
+    assert process.returncode == 0, process.stderr
+    report = json.loads(json_path.read_text())
+    check(report, REPORT_SCHEMA)
+    assert report["settings"]["servers"] == ["tutorial", "mine", "target"]
+    assert [r["server"] for r in report["runs"]] == ["tutorial", "mine", "target"] * 2
+    for run in report["runs"]:
+        assert run["ok"], run["error"]
+        assert run["cpu_us_per_echo"] is not None  # the target's, by its pid
+    mine = next(s for s in report["servers"] if s["name"] == "mine")
+    assert mine["command"][0] == sys.executable
+    assert "{port}" in mine["command"][-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--server", "mine"], "expected NAME=COMMAND"),
+        (["--server", "mine=./srv"], "needs a {port} placeholder"),
+        (["--server", "tutorial=./srv {port}"], "already a server's name"),
+        (["--target", "localhost"], "expected HOST:PORT"),
+        (["--target-pid", "1"], "--target-pid needs --target"),
+        (["--rate", "fast"], "invalid rate 'fast'"),
+        (["--rate", "1k", "--sweep"], "not allowed with argument"),
+        (["--sweep-factor", "1"], "expected a number above 1"),
+    ],
+)
+def test_bad_load_and_server_options_give_one_line(
+    args: list[str], message: str
+) -> None:
+    process = anyecho_bench(*args)
+    assert process.returncode == 2
+    lines = process.stderr.splitlines()
+    assert len(lines) == 1, process.stderr
+    assert message in lines[0]
+
+
+def other_interpreter() -> str:
+    """Another Python 3.10+ than this one (pyenv's, where there is one)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for version in ("3.12", "3.13", "3.11", "3.10"):
+        for candidate in sorted(pyenv.glob(f"{version}.*/bin/python")):
+            if candidate.resolve() != Path(sys.executable).resolve():
+                return str(candidate)
+    pytest.skip("no other Python interpreter here")
+
+
+def test_servers_run_on_other_interpreters_in_the_same_rounds(tmp_path: Path) -> None:
+    python = other_interpreter()
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "tutorial", "--python", python, "--sizes", "64"),
+        *("--connections", "2", "--duration", "0.3", "--warmup", "0.1"),
+        *("--repeat", "2", "-q", "--json", str(json_path)),
+    )
+    report = json.loads(json_path.read_text())
+    [other] = [s for s in report["servers"] if s["name"] != "tutorial"]
+    assert re.fullmatch(r"tutorial@3\.\d+", other["name"])
+    assert other["command"][0] == python
+    if other["status"] != "ok":  # that interpreter lacks a dependency: say which
+        assert "No module named" in other["reason"] or "importable" in other["reason"]
+        return
+    assert process.returncode == 0, process.stderr
+    assert [r["server"] for r in report["runs"]] == ["tutorial", other["name"]] * 2
+
+
+@pytest.mark.parametrize(
+    ("transport", "name"), [("unix", "Unix sockets"), ("tls", "TLS")]
+)
+def test_the_load_goes_over_a_transport_to_the_servers_that_serve_it(
+    tmp_path: Path, transport: str, name: str
+) -> None:
+    if transport == "tls":
+        pytest.importorskip("trustme")
+    json_path = tmp_path / "report.json"
+    process = anyecho_bench(
+        *("--servers", "anyecho-asyncio,tutorial,trio-raw", "--transport", transport),
+        *("--sizes", "64", "--connections", "2", "--duration", "0.3"),
+        *("--warmup", "0.1", "--repeat", "1", "-q", "--json", str(json_path)),
+    )
+    assert process.returncode == 0, process.stderr
+    report = json.loads(json_path.read_text())
+    assert report["settings"]["transport"] == transport
+    status = {s["name"]: (s["status"], s["reason"]) for s in report["servers"]}
+    assert status["trio-raw"] == ("unavailable", f"it does not serve {name}")
+    assert [r["server"] for r in report["runs"]] == ["anyecho-asyncio", "tutorial"]
+    assert all(r["ok"] and r["echoes"] for r in report["runs"])
+
+
+def test_rounds_the_load_generator_cannot_measure_are_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from anyecho.bench import runner
+    from anyecho.bench.progress import QuietProgress
+
+    class Servers:
+        def names(self) -> list[str]:
+            return ["a", "b"]
+
+        def get(self, name: str) -> str:
+            return name
+
+    def measure(server: object, run: PlannedRun, *_: object) -> Measurement:
+        # At 64 B the load generator is at its limit for every server.
+        busy = 0.99 if run.workload.size == 64 else 0.2
+        return Measurement(window_s=1.0, echoes=100, client_cpu_s=[busy])
+
+    monkeypatch.setattr(runner, "measure", measure)
+    settings = Settings(servers=("a", "b"), sizes=(64, 1024), connections=(1,))
+    records: list[Any] = []
+    skipped: list[Any] = []
+    assert runner._run_planned(
+        settings.workloads,
+        servers=cast(Any, Servers()),
+        generators=[],
+        settings=settings,
+        progress=QuietProgress(),
+        records=records,
+        skipped=skipped,
+    )
+    # 64 B: the first round only; 1 KiB: every round, interleaved.
+    assert [(r["workload"], r["round"], r["server"]) for r in records] == [
+        ("64B-1c-1p", 0, "a"),
+        ("64B-1c-1p", 0, "b"),
+        *[("1024B-1c-1p", n, s) for n in range(3) for s in "ab"],
+    ]
+    assert [(s["workload"], s["runs"]) for s in skipped] == [("64B-1c-1p", 4)]
+    assert "the load generator was the limit" in skipped[0]["reason"]

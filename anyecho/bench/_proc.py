@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import IO
 
 __all__ = [
@@ -27,7 +27,11 @@ STOP_TIMEOUT = 5.0
 
 
 def spawn(
-    argv: Sequence[str], cpus: Collection[int] | None, *, merge_stderr: bool = False
+    argv: Sequence[str],
+    cpus: Collection[int] | None,
+    *,
+    merge_stderr: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """Start ``argv`` with pipes for its standard streams, pinned to ``cpus``.
 
@@ -44,6 +48,7 @@ def spawn(
         errors="replace",
         bufsize=1,
         start_new_session=True,
+        env=None if env is None else {**os.environ, **env},
     )
     if cpus is not None:
         pin(process.pid, cpus)
@@ -78,13 +83,15 @@ def pin(pid: int, cpus: Collection[int]) -> None:
             os.sched_setaffinity(pid, cpus)
 
 
-def cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int | None) -> float | None:
     """CPU time (user + system, all threads) that process ``pid`` has used so far.
 
     Reads Linux's ``/proc``: the nanosecond counters of ``schedstat`` where the
     kernel keeps them, else ``utime + stime`` from ``stat`` (in clock ticks).
-    Returns ``None`` elsewhere, or once the process is gone.
+    Returns ``None`` elsewhere, once the process is gone, or without a ``pid``.
     """
+    if pid is None:
+        return None
     with contextlib.suppress(OSError, ValueError, IndexError):
         return _schedstat_seconds(pid)
     try:

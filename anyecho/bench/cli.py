@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from ..cli._exit import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 if TYPE_CHECKING:
     from .plan import Settings
     from .report import Report
+    from .servers import Interpreter
 
 __all__ = ["add_parser"]
 
@@ -59,6 +61,83 @@ def _csv(parse: Callable[[str], int], what: str) -> Callable[[str], tuple[int, .
         return values
 
     return parse_list
+
+
+def _rate(text: str) -> float:
+    """An argparse type for a rate in echoes per second: ``500``, ``20k``, ``1.5M``."""
+    factor = {"k": 1e3, "m": 1e6}.get(text.strip()[-1:].lower(), 1.0)
+    number = text.strip()[:-1] if factor != 1.0 else text.strip()
+    try:
+        rate = float(number) * factor
+    except ValueError:
+        rate = 0.0
+    if not rate > 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid rate {text!r}: expected a positive number of echoes per "
+            "second, such as 500, 20k or 1.5M"
+        )
+    return rate
+
+
+def _factor(text: str) -> float:
+    """An argparse type for a sweep's step factor: a number above 1."""
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not 1.0 < factor < 100.0:
+        raise argparse.ArgumentTypeError(
+            f"invalid factor {text!r}: expected a number above 1, such as 1.5"
+        )
+    return factor
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    """An argparse type for a comma-separated list of rates."""
+    return tuple(dict.fromkeys(_rate(item) for item in text.split(",")))
+
+
+def _custom_server(text: str) -> tuple[str, str]:
+    """An argparse type for ``--server NAME=COMMAND``."""
+    from .servers import custom_spec, registry
+
+    name, equals, command = text.partition("=")
+    name = name.strip()
+    if not equals or not re.fullmatch(r"[A-Za-z0-9][\w.+-]*", name):
+        raise argparse.ArgumentTypeError(
+            f"invalid server {text!r}: expected NAME=COMMAND, such as "
+            "'mine=./myserver --port {port}'"
+        )
+    if name in registry() or name == "target":
+        raise argparse.ArgumentTypeError(
+            f"invalid server {text!r}: {name} is already a server's name"
+        )
+    try:
+        custom_spec(name, command)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid server {text!r}: {exc}") from None
+    return name, command
+
+
+def _interpreter(text: str) -> Interpreter:
+    """An argparse type for ``--python PATH``: the interpreter, probed."""
+    from .servers import Interpreter
+
+    try:
+        return Interpreter.probe(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid interpreter: {exc}") from None
+
+
+def _target(text: str) -> tuple[str, int]:
+    """An argparse type for ``--target HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"invalid target {text!r}: expected HOST:PORT, such as 127.0.0.1:7000"
+        )
+    return host, int(port)
 
 
 def _server_names(text: str) -> tuple[str, ...]:
@@ -104,6 +183,42 @@ def add_parser(subparsers: Any) -> None:
         "--list-servers that is not hidden)",
     )
     what.add_argument(
+        "--server",
+        dest="custom",
+        type=_custom_server,
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="add a server of your own to the runs: COMMAND starts it listening "
+        "on 127.0.0.1 port {port}; {python} is this interpreter (repeatable). Its "
+        "CPU time is that of the process started, threads included, children not",
+    )
+    what.add_argument(
+        "--target",
+        type=_target,
+        metavar="HOST:PORT",
+        help="add a server that is already running, as 'target' (its CPU time "
+        "only with --target-pid)",
+    )
+    what.add_argument(
+        "--target-pid",
+        type=positive_count,
+        metavar="PID",
+        help="the --target server's process id on this machine, for its CPU time",
+    )
+    what.add_argument(
+        "--python",
+        dest="pythons",
+        nargs="+",
+        type=_interpreter,
+        default=[],
+        metavar="PATH",
+        help="also run each of the bench's own servers on these interpreters, as "
+        "NAME@VERSION, in the same interleaved rounds (they import anyecho from "
+        "this source tree; a server whose loop is not installed there is shown "
+        "as unavailable)",
+    )
+    what.add_argument(
         "--baseline",
         metavar="NAME",
         help="the server that ratios compare against (default: tutorial, if run, "
@@ -119,7 +234,7 @@ def add_parser(subparsers: Any) -> None:
     what.add_argument(
         "--connections",
         type=_csv(count, "connection count"),
-        default="1,50",
+        default="1,32,256",
         metavar="N,...",
         help="numbers of concurrent connections (default: %(default)s)",
     )
@@ -128,7 +243,81 @@ def add_parser(subparsers: Any) -> None:
         type=positive_count,
         default=1,
         metavar="K",
-        help="messages in flight per connection; 1 is ping-pong (default: %(default)s)",
+        help="closed loop: messages in flight per connection; 1 is ping-pong "
+        "(default: %(default)s)",
+    )
+    what.add_argument(
+        "--transport",
+        choices=("tcp", "unix", "tls"),
+        default="tcp",
+        help="send the load over TCP on 127.0.0.1, Unix sockets, or TLS (with a "
+        "certificate made for the run; needs trustme) to the servers that serve "
+        "them: anyecho, tutorial, protocol-*, buffered-*; the others are shown as "
+        "unavailable (default: %(default)s)",
+    )
+    load = what.add_mutually_exclusive_group()
+    load.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="R",
+        help="open loop: offer R echoes/s over all the connections, on schedule, "
+        "and time each echo from its message's intended send time (without this "
+        "and --rates: closed loop, throughput at concurrency N)",
+    )
+    load.add_argument(
+        "--rates",
+        type=_rates,
+        metavar="R,...",
+        help="open loop at each of these rates in turn (latency against offered load)",
+    )
+    load.add_argument(
+        "--sweep",
+        action="store_true",
+        help="open loop at rising rates (--sweep-start, times --sweep-factor at "
+        "each step) while each server holds the rate with a p99 under --p99-limit",
+    )
+    what.add_argument(
+        "--sweep-start",
+        type=_rate,
+        default=1000.0,
+        metavar="R",
+        help="the first rate of a sweep (default: 1k)",
+    )
+    what.add_argument(
+        "--sweep-factor",
+        type=_factor,
+        default=1.5,
+        metavar="F",
+        help="how much each step of a sweep raises the rate (default: %(default)s)",
+    )
+    what.add_argument(
+        "--sweep-steps",
+        type=positive_count,
+        default=20,
+        metavar="N",
+        help="the most rates a sweep offers (default: %(default)s)",
+    )
+    what.add_argument(
+        "--p99-limit",
+        type=positive_seconds,
+        default=0.01,
+        metavar="SECONDS",
+        help="the round-trip p99 under which a rate counts as held, for a sweep "
+        "and for the highest rate each server held (default: %(default)s)",
+    )
+    what.add_argument(
+        "--schedule",
+        choices=("fixed", "poisson"),
+        default="fixed",
+        help="open loop: messages equally spaced, or Poisson arrivals "
+        "(default: %(default)s)",
+    )
+    what.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seeds the Poisson schedule (default: %(default)s)",
     )
     how = parser.add_argument_group("how to measure")
     how.add_argument(
@@ -176,6 +365,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="write a Markdown table to FILE, or without FILE print it instead of "
         "the terminal table",
+    )
+    out.add_argument(
+        "--wide",
+        action="store_true",
+        help="every figure in the tables (default: the telling ones, to fit 100 "
+        "columns)",
     )
     out.add_argument(
         "--plot",
@@ -252,6 +447,11 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     """
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         return EXTRA_NEEDED
+    if (problem := _target_problem(args)) is not None:
+        return problem
+    names = [name for name, _ in args.custom]
+    if len(set(names)) < len(names):
+        return "--server: each server needs a name of its own"
     if args.baseline is not None and args.baseline not in _servers(args):
         return f"--baseline {args.baseline} is not among the servers run"
     paths = [args.json, args.plot]
@@ -263,13 +463,29 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _target_problem(args: argparse.Namespace) -> str | None:
+    if args.target_pid is None:
+        return None
+    if args.target is None:
+        return "--target-pid needs --target"
+    if not Path(f"/proc/{args.target_pid}").exists():
+        return f"--target-pid {args.target_pid}: no such process"
+    return None
+
+
 def _servers(args: argparse.Namespace) -> tuple[str, ...]:
     from .servers import registry
 
     if args.servers:
         servers: tuple[str, ...] = args.servers
-        return servers
-    return tuple(name for name, spec in registry().items() if not spec.hidden)
+    else:
+        servers = tuple(name for name, spec in registry().items() if not spec.hidden)
+    own = [name for name in servers if name in registry()]
+    servers += tuple(
+        f"{name}@{python.version}" for python in args.pythons for name in own
+    )
+    servers += tuple(name for name, _ in args.custom)
+    return servers + (("target",) if args.target is not None else ())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -290,6 +506,19 @@ def _settings(args: argparse.Namespace) -> Settings:
         repeat=args.repeat,
         clients=args.clients,
         pin=args.pin,
+        rates=args.rates or ((args.rate,) if args.rate is not None else ()),
+        poisson=args.schedule == "poisson",
+        seed=args.seed,
+        sweep=args.sweep,
+        sweep_start=args.sweep_start,
+        sweep_factor=args.sweep_factor,
+        sweep_steps=args.sweep_steps,
+        p99_limit_us=args.p99_limit * 1e6,
+        custom=tuple(args.custom),
+        pythons=tuple(python.path for python in args.pythons),
+        transport=args.transport,
+        target=args.target,
+        target_pid=args.target_pid,
     )
 
 
@@ -310,11 +539,14 @@ def _run(settings: Settings, *, quiet: bool) -> Report:
 
 
 def _load(path: Path) -> Report:
-    from .report import SCHEMA
+    from .report import SCHEMA, Report
 
     document = json.loads(path.read_text())
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise ValueError(f"not an {SCHEMA} report")
+    missing = sorted(set(Report.__annotations__) - set(document))
+    if missing:
+        raise ValueError(f"an {SCHEMA} report without {', '.join(missing)}")
     report: Report = document  # type: ignore[assignment]
     return report
 
@@ -322,19 +554,25 @@ def _load(path: Path) -> Report:
 def _write_outputs(report: Report, args: argparse.Namespace) -> None:
     from . import render
 
+    written: list[Path] = []
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+        written.append(args.json)
     if args.markdown == "-":
-        sys.stdout.write(render.markdown(report))
+        sys.stdout.write(render.markdown(report, wide=args.wide))
     else:
-        _print_table(report)
+        _print_table(report, wide=args.wide)
         if args.markdown is not None:
-            Path(args.markdown).write_text(render.markdown(report))
+            Path(args.markdown).write_text(render.markdown(report, wide=args.wide))
+            written.append(Path(args.markdown))
     if args.plot is not None:
         render.plot(report, args.plot, args.plot_metric)
+        written.append(args.plot)
+    if written:
+        sys.stderr.write(f"wrote {', '.join(map(str, written))}\n")
 
 
-def _print_table(report: Report) -> None:
+def _print_table(report: Report, *, wide: bool) -> None:
     """A rich table on a terminal wide enough for it, plain text otherwise."""
     from . import render
 
@@ -342,8 +580,8 @@ def _print_table(report: Report) -> None:
         from rich.console import Console
 
         console = Console()
-        table = render.rich_table(report)
+        table = render.rich_table(report, wide=wide)
         if console.measure(table).maximum <= console.width:
             console.print(table)
             return
-    sys.stdout.write(render.text(report))
+    sys.stdout.write(render.text(report, wide=wide))

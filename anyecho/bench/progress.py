@@ -23,8 +23,12 @@ def outcome(record: RunRecord) -> str:
     text = f"{record['echoes_per_s']:,.0f} echoes/s, {record['mib_per_s']:.2f} MiB/s"
     if record["cpu_us_per_echo"] is not None:
         text += f", {record['cpu_us_per_echo']:.1f} µs server CPU per echo"
-    if record["client_saturated"]:
-        text += " (load generator saturated)"
+    if record["latency_us"] is not None:
+        text += f", p99 {record['latency_us']['p99'] / 1e3:.3g} ms"
+    if record["loadgen_limited"]:
+        text += f" (not a server figure: {record['limited_by']})"
+    elif record["held_rate"] is False:
+        text += " (the offered rate not held)"
     return text
 
 

@@ -1,11 +1,11 @@
-"""The benchmark's results as one JSON document, schema ``anyecho-bench/1``.
+"""The benchmark's results as one JSON document, schema ``anyecho-bench/2``.
 
 ``anyecho bench --json FILE`` writes it, and ``anyecho bench --from-json FILE``
 reads it back to print or plot it again. The types below spell out every key;
 in short, the document is an object with:
 
 ``schema`` (str)
-    ``"anyecho-bench/1"``. Keys may be added under this name; a key removed or
+    ``"anyecho-bench/2"``. Keys may be added under this name; a key removed or
     changed in meaning gets a new one.
 ``created`` (str)
     when the benchmark started, in UTC: ``2025-01-31T12:00:00Z``
@@ -14,7 +14,8 @@ in short, the document is an object with:
 ``machine`` (object)
     ``platform``, ``system``, ``machine``, ``python_implementation`` (str),
     ``cpu_count`` (int), ``cpus_usable`` (int, or null where affinity is
-    unknown), ``cpu_model`` (str, or null where ``/proc/cpuinfo`` does not say)
+    unknown), ``cpu_model`` (str, or null where ``/proc/cpuinfo`` does not say),
+    ``kernel`` (str: the operating system's release)
 ``versions`` (object)
     version strings by package, null when not installed: ``python``, ``anyecho``,
     ``anyio``, ``trio``, ``uvloop``, and every other event loop tried
@@ -24,7 +25,13 @@ in short, the document is an object with:
     ``pipeline`` and ``repeat`` (int), ``duration_s``, ``warmup_s`` and
     ``drain_timeout_s`` (float), ``pin`` (bool), ``server_cpus`` (list of int, or
     null when not pinned), ``client_cpus`` (one per load generator process: list
-    of int or null), ``loadgen_loop`` (str: the load generator's event loop)
+    of int or null), ``loadgen_loop`` (str: the load generator's event loop),
+    ``mode`` (``"closed"``: throughput at concurrency N; ``"open"``: offered
+    load), ``rates`` (list of float: the offered loads, echoes/s; empty in
+    closed loop), ``schedule`` (``"fixed"``, ``"poisson"``, or null in closed
+    loop), ``seed`` (int: seeds the Poisson schedule), ``sweep`` (bool),
+    ``p99_limit_us`` (float: the p99 under which a rate counts as held) and
+    ``transport`` (``"tcp"`` or ``"unix"``)
 ``servers`` (list of objects)
     every server asked for: ``name``, ``description`` (str), ``command`` (list of
     str), ``status`` (``"ok"``; ``"unavailable"``: a package is missing;
@@ -32,28 +39,53 @@ in short, the document is an object with:
     (str, or null when ok)
 ``workloads`` (list of objects)
     ``id`` (str: the key that runs and results use), ``label`` (str), ``size``,
-    ``connections``, ``pipeline`` (int)
+    ``connections``, ``pipeline`` (int), ``rate`` (float: echoes/s offered, or
+    null in closed loop)
 ``runs`` (list of objects)
     every run, in the order they ran: ``index``, ``round`` (int, from 0),
     ``server``, ``workload`` (str), ``ok`` (bool), ``error`` (str or null),
     ``window_s`` (float: seconds measured), ``echoes`` (int: round trips in the
     window), ``echoes_per_s``, ``mib_per_s`` (float: MiB echoed per second, each
-    way), ``latency_us`` (round-trip times in µs: object with float ``p50``,
-    ``p90``, ``p99``, ``max``; null without echoes), ``server_cpu_s`` and
+    way; in open loop, the achieved rate), ``latency_us`` (round-trip times in
+    µs, in open loop from each message's intended send time: object with float
+    ``p50``, ``p90``, ``p99``, ``p999``, ``max``; null without echoes),
+    ``server_cpu_s`` and
     ``cpu_us_per_echo`` (float: the server's CPU time in the window, in all and per
     echo; null where it cannot be read), ``client_cpu_percent`` (list of float:
     each load generator process's CPU use in the window, in % of one core),
-    ``client_saturated`` (bool: one of them was near 100 %)
+    ``client_saturated`` (bool: one of them was near 100 %),
+    ``client_cpu_us_per_echo`` (float: the load generators' CPU time per echo, or
+    null), ``mode`` (as in settings), ``requested_rate`` (float or null),
+    ``scheduled`` (int: open loop, messages due in the window), ``send_lag_us``
+    (open loop: how late the load generator handed messages to their
+    connections, as ``latency_us``; else null), ``held_rate`` (bool: the achieved
+    rate was at least 95 % of the requested one; null in closed loop),
+    ``loadgen_limited`` (bool: the load generator, not the server, was the
+    limit: near 100 % CPU, or late on its schedule) and ``limited_by`` (str: how,
+    or null)
 ``results`` (list of objects)
     one per server that ran and workload: ``server``, ``workload`` (str), ``ok``
     (bool: every run was), ``error`` (str or null: the first failure), ``runs``
     (int), ``client_saturated`` (bool: in any run); summaries over the runs, each
     an object with float ``median``, ``min`` and ``max``, and null unless ``ok``:
     ``echoes_per_s``, ``mib_per_s``, ``cpu_us_per_echo`` (also null when unknown),
-    ``latency_us`` (object: ``p50``, ``p90``, ``p99``, ``max``, each a summary),
-    ``client_cpu_percent`` (of the busiest load generator process in each run);
-    and ``ratio`` (object: ``echoes_per_s`` and ``cpu_us_per_echo``, float: the
-    median over the baseline's median for the same workload; null without one)
+    ``latency_us`` (object: ``p50``, ``p90``, ``p99``, ``p999``, ``max``, each a
+    summary), ``client_cpu_percent`` (of the busiest load generator process in
+    each run), ``client_cpu_us_per_echo``, ``send_lag_us_p99``;
+    ``requested_rate`` (float or null), ``held_rate`` (bool or null: in every
+    run), ``loadgen_limited`` (bool: in any run) and ``limited_by`` (str or
+    null); and ``ratio`` (object: ``echoes_per_s`` and ``cpu_us_per_echo``,
+    float: the median over the baseline's median for the same workload; null
+    without one, and null where this server's or the baseline's figure was the
+    load generator's limit)
+``highest_rates`` (list of objects)
+    open loop, per server, size and connection count: ``server`` (str),
+    ``size``, ``connections`` (int), ``rate`` (float: the highest rate offered,
+    rising from the lowest, that the server held with a p99 under
+    ``p99_limit_us`` and with the load generator not the limit; null when none
+    was) and ``stopped_by`` (str: what failed at the next rate, or null)
+``skipped`` (list of objects)
+    the runs not made: ``workload`` (str), ``runs`` (int) and ``reason`` (str)
 ``warnings`` (list of str)
     what may make the figures less trustworthy (a saturated load generator, a
     single CPU, ...)
@@ -82,17 +114,29 @@ __all__ = [
     "RunRecord",
     "ServerRecord",
     "ServerStatus",
+    "SkippedRecord",
     "build",
+    "holds",
     "run_record",
     "settings_record",
+    "sweep_goes_on",
 ]
 
 #: The value of the ``schema`` key.
-SCHEMA = "anyecho-bench/1"
+SCHEMA = "anyecho-bench/2"
 
 #: A load generator process above this CPU use (% of one core) may have held the
-#: server back.
+#: server back: the run measured the load generator, not the server.
 SATURATED_PERCENT = 90.0
+#: Open loop: a load generator whose send lag (how late it handed messages to
+#: their connections) has a 99th percentile above this fell behind its own
+#: schedule, so the latencies include its delay (µs) ...
+LAG_LIMIT_US = 1000.0
+#: ... when that lag is also more than this share of the round trips' own p99.
+LAG_SHARE = 0.25
+#: Open loop: a run that completes fewer echoes per second than this fraction of
+#: the offered rate did not hold it.
+HELD_FRACTION = 0.95
 
 #: Failures of one run listed in its ``error``.
 _ERRORS_SHOWN = 3
@@ -106,6 +150,7 @@ class MachineRecord(TypedDict):
     cpu_count: int
     cpus_usable: int | None
     cpu_model: str | None
+    kernel: str
 
 
 class SettingsRecord(TypedDict):
@@ -122,6 +167,13 @@ class SettingsRecord(TypedDict):
     server_cpus: list[int] | None
     client_cpus: list[list[int] | None]
     loadgen_loop: str
+    mode: Literal["closed", "open"]
+    rates: list[float]
+    schedule: Literal["fixed", "poisson"] | None
+    seed: int
+    sweep: bool
+    p99_limit_us: float
+    transport: str
 
 
 ServerStatus = Literal["ok", "unavailable", "unsupported"]
@@ -141,12 +193,14 @@ class WorkloadRecord(TypedDict):
     size: int
     connections: int
     pipeline: int
+    rate: float | None
 
 
 class Latency(TypedDict):
     p50: float
     p90: float
     p99: float
+    p999: float
     max: float
 
 
@@ -166,6 +220,14 @@ class RunRecord(TypedDict):
     cpu_us_per_echo: float | None
     client_cpu_percent: list[float]
     client_saturated: bool
+    client_cpu_us_per_echo: float | None
+    mode: Literal["closed", "open"]
+    requested_rate: float | None
+    scheduled: int
+    send_lag_us: Latency | None
+    held_rate: bool | None
+    loadgen_limited: bool
+    limited_by: str | None
 
 
 class Summary(TypedDict):
@@ -178,6 +240,7 @@ class LatencySummary(TypedDict):
     p50: Summary
     p90: Summary
     p99: Summary
+    p999: Summary
     max: Summary
 
 
@@ -198,7 +261,27 @@ class ResultRecord(TypedDict):
     cpu_us_per_echo: Summary | None
     latency_us: LatencySummary | None
     client_cpu_percent: Summary | None
+    client_cpu_us_per_echo: Summary | None
+    requested_rate: float | None
+    send_lag_us_p99: Summary | None
+    held_rate: bool | None
+    loadgen_limited: bool
+    limited_by: str | None
     ratio: Ratio
+
+
+class SkippedRecord(TypedDict):
+    workload: str
+    runs: int
+    reason: str
+
+
+class HighestRate(TypedDict):
+    server: str
+    size: int
+    connections: int
+    rate: float | None
+    stopped_by: str | None
 
 
 class Report(TypedDict):
@@ -212,6 +295,8 @@ class Report(TypedDict):
     workloads: list[WorkloadRecord]
     runs: list[RunRecord]
     results: list[ResultRecord]
+    highest_rates: list[HighestRate]
+    skipped: list[SkippedRecord]
     warnings: list[str]
 
 
@@ -225,6 +310,9 @@ class Measurement:
     :param server_cpu_s: the server's CPU time in the window, if known
     :param client_cpu_s: each load generator process's CPU time in the window
     :param errors: every failure seen, most telling first
+    :param requested_rate: open loop: the offered load (messages/s)
+    :param scheduled: open loop: messages due within the window
+    :param lag: open loop: the load generators' send lag (ns)
     """
 
     window_s: float
@@ -233,6 +321,9 @@ class Measurement:
     server_cpu_s: float | None = None
     client_cpu_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    requested_rate: float | None = None
+    scheduled: int = 0
+    lag: Histogram = field(default_factory=Histogram)
 
 
 def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
@@ -242,6 +333,23 @@ def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
     errors = measured.errors or ([] if echoes else ["no echo completed in the window"])
     client_percent = [round(cpu / window * 100, 1) for cpu in measured.client_cpu_s]
     cpu = measured.server_cpu_s
+    client_cpu = sum(measured.client_cpu_s)
+    lag = _latency(measured.lag)
+    rate = measured.requested_rate
+    held = None if rate is None else echoes / window >= HELD_FRACTION * rate
+    limits = []
+    if (busiest := max(client_percent, default=0.0)) >= SATURATED_PERCENT:
+        limits.append(f"load generator at {busiest:.0f} % CPU")
+    latency = _latency(measured.latency)
+    if (
+        lag is not None
+        and lag["p99"] > LAG_LIMIT_US
+        and (latency is None or lag["p99"] > LAG_SHARE * latency["p99"])
+    ):
+        limits.append(
+            f"load generator late on its schedule (send lag p99 "
+            f"{lag['p99'] / 1e3:.1f} ms)"
+        )
     return {
         "index": run.index,
         "round": run.round,
@@ -253,12 +361,49 @@ def run_record(run: PlannedRun, measured: Measurement) -> RunRecord:
         "echoes": echoes,
         "echoes_per_s": echoes / window,
         "mib_per_s": echoes * run.workload.size / window / (1 << 20),
-        "latency_us": _latency(measured.latency),
+        "latency_us": latency,
         "server_cpu_s": cpu,
         "cpu_us_per_echo": cpu / echoes * 1e6 if cpu is not None and echoes else None,
         "client_cpu_percent": client_percent,
         "client_saturated": any(p >= SATURATED_PERCENT for p in client_percent),
+        "client_cpu_us_per_echo": client_cpu / echoes * 1e6 if echoes else None,
+        "mode": "closed" if rate is None else "open",
+        "requested_rate": rate,
+        "scheduled": measured.scheduled,
+        "send_lag_us": lag,
+        "held_rate": held,
+        "loadgen_limited": bool(limits),
+        "limited_by": "; ".join(limits) or None,
     }
+
+
+def holds(runs: Sequence[RunRecord], p99_limit_us: float) -> bool:
+    """Whether a server held an offered rate in these runs of it: every one
+    succeeded, completed at least 95 % of the rate, with a p99 under the limit,
+    and the load generator was not the limit."""
+    return bool(runs) and all(
+        run["ok"]
+        and run["held_rate"] is not False
+        and not run["loadgen_limited"]
+        and run["latency_us"] is not None
+        and run["latency_us"]["p99"] <= p99_limit_us
+        for run in runs
+    )
+
+
+def sweep_goes_on(runs: Sequence[RunRecord], p99_limit_us: float) -> bool:
+    """Whether a sweep offers a server the next rate after these runs of it: it
+    held this one with a p99 under the limit, and the load generator had CPU to
+    spare. (A load generator late on its schedule does not stop a sweep; it only
+    keeps that rate out of :func:`highest_rates`.)"""
+    return bool(runs) and all(
+        run["ok"]
+        and run["held_rate"] is not False
+        and not run["client_saturated"]
+        and run["latency_us"] is not None
+        and run["latency_us"]["p99"] <= p99_limit_us
+        for run in runs
+    )
 
 
 def _join_errors(errors: Sequence[str]) -> str | None:
@@ -277,6 +422,7 @@ def _latency(histogram: Histogram) -> Latency | None:
         "p50": q(0.5) / 1e3,
         "p90": q(0.9) / 1e3,
         "p99": q(0.99) / 1e3,
+        "p999": q(0.999) / 1e3,
         "max": q(1) / 1e3,
     }
 
@@ -304,6 +450,19 @@ def settings_record(
         "server_cpus": None if server_cpus is None else sorted(server_cpus),
         "client_cpus": [None if c is None else sorted(c) for c in client_cpus],
         "loadgen_loop": loadgen_loop,
+        "mode": "open" if settings.open_loop else "closed",
+        "rates": list(settings.rates),
+        "schedule": (
+            None
+            if not settings.open_loop
+            else "poisson"
+            if settings.poisson
+            else "fixed"
+        ),
+        "seed": settings.seed,
+        "sweep": settings.sweep,
+        "p99_limit_us": settings.p99_limit_us,
+        "transport": settings.transport,
     }
 
 
@@ -315,6 +474,7 @@ def workload_record(workload: Workload) -> WorkloadRecord:
         "size": workload.size,
         "connections": workload.connections,
         "pipeline": workload.pipeline,
+        "rate": workload.rate,
     }
 
 
@@ -327,8 +487,10 @@ def build(
     servers: list[ServerRecord],
     runs: list[RunRecord],
     warnings: list[str],
+    skipped: Sequence[SkippedRecord] = (),
 ) -> Report:
     """The whole document, with the results summed up from the runs."""
+    summed = results(runs, settings["servers"], settings["baseline"])
     return {
         "schema": SCHEMA,
         "created": created,
@@ -339,7 +501,11 @@ def build(
         "servers": servers,
         "workloads": [workload_record(w) for w in workloads],
         "runs": runs,
-        "results": results(runs, settings["servers"], settings["baseline"]),
+        "results": summed,
+        "highest_rates": highest_rates(
+            runs, [workload_record(w) for w in workloads], settings["p99_limit_us"]
+        ),
+        "skipped": list(skipped),
         "warnings": warnings + _saturation_warnings(runs),
     }
 
@@ -363,12 +529,70 @@ def results(
     return list(summaries.values())
 
 
+def highest_rates(
+    runs: Sequence[RunRecord],
+    workloads: Sequence[WorkloadRecord],
+    p99_limit_us: float,
+) -> list[HighestRate]:
+    """For each server, size and connection count offered open-loop load: the
+    highest rate it held, rising from the lowest, with a p99 under the limit (see
+    :func:`holds`), and what stopped it at the next."""
+    by_id = {w["id"]: w for w in workloads}
+    grouped: dict[tuple[str, int, int], dict[float, list[RunRecord]]] = {}
+    for run in runs:
+        workload = by_id[run["workload"]]
+        if workload["rate"] is None:
+            continue
+        key = (run["server"], workload["size"], workload["connections"])
+        grouped.setdefault(key, {}).setdefault(workload["rate"], []).append(run)
+    found: list[HighestRate] = []
+    for (server, size, connections), by_rate in grouped.items():
+        best: float | None = None
+        stopped: str | None = None
+        for rate in sorted(by_rate):
+            step = by_rate[rate]
+            if holds(step, p99_limit_us):
+                best = rate
+                continue
+            stopped = f"{_why_not(step, p99_limit_us)} at {rate:g}/s"
+            break
+        found.append(
+            {
+                "server": server,
+                "size": size,
+                "connections": connections,
+                "rate": best,
+                "stopped_by": stopped,
+            }
+        )
+    return found
+
+
+def _why_not(runs: Sequence[RunRecord], p99_limit_us: float) -> str:
+    for run in runs:
+        if not run["ok"]:
+            return "failed"
+        if run["loadgen_limited"]:
+            return "the load generator's limit"
+        latency = run["latency_us"]
+        if latency is not None and latency["p99"] > p99_limit_us:
+            p99 = latency["p99"]
+            shown = f"{p99 / 1e3:.3g} ms" if p99 < 1e6 else f"{p99 / 1e6:.3g} s"
+            return f"p99 {shown} over the limit"
+        if run["held_rate"] is False:
+            return "rate not held"
+    return "not held"  # pragma: no cover - holds() said one of the above
+
+
 def _result(workload: str, server: str, runs: list[RunRecord]) -> ResultRecord:
     failed = next((run for run in runs if not run["ok"]), None)
     ok = failed is None
     cpu = [r["cpu_us_per_echo"] for r in runs]
     latencies = [r["latency_us"] for r in runs]
     client = [max(r["client_cpu_percent"], default=0.0) for r in runs]
+    lags = [r["send_lag_us"]["p99"] if r["send_lag_us"] else None for r in runs]
+    held = [r["held_rate"] for r in runs]
+    limited = next((r for r in runs if r["loadgen_limited"]), None)
     return {
         "server": server,
         "workload": workload,
@@ -381,6 +605,14 @@ def _result(workload: str, server: str, runs: list[RunRecord]) -> ResultRecord:
         "cpu_us_per_echo": _summary(cpu) if ok else None,
         "latency_us": _latency_summary(latencies) if ok else None,
         "client_cpu_percent": _summary(client) if ok else None,
+        "client_cpu_us_per_echo": (
+            _summary([r["client_cpu_us_per_echo"] for r in runs]) if ok else None
+        ),
+        "requested_rate": runs[0]["requested_rate"],
+        "send_lag_us_p99": _summary(lags) if ok else None,
+        "held_rate": None if None in held else all(held),
+        "loadgen_limited": limited is not None,
+        "limited_by": None if limited is None else limited["limited_by"],
         "ratio": {"echoes_per_s": None, "cpu_us_per_echo": None},
     }
 
@@ -400,6 +632,7 @@ def _latency_summary(latencies: Sequence[Latency | None]) -> LatencySummary | No
         "p50": _median_summary([latency["p50"] for latency in known]),
         "p90": _median_summary([latency["p90"] for latency in known]),
         "p99": _median_summary([latency["p99"] for latency in known]),
+        "p999": _median_summary([latency["p999"] for latency in known]),
         "max": _median_summary([latency["max"] for latency in known]),
     }
 
@@ -409,12 +642,14 @@ def _median_summary(values: Sequence[float]) -> Summary:
 
 
 def _ratio(result: ResultRecord, base: ResultRecord | None) -> Ratio:
+    """The result over the baseline's; none where either measured the load
+    generator rather than the server."""
+    if base is None or result["loadgen_limited"] or base["loadgen_limited"]:
+        return {"echoes_per_s": None, "cpu_us_per_echo": None}
     return {
-        "echoes_per_s": _quotient(
-            result["echoes_per_s"], base and base["echoes_per_s"]
-        ),
+        "echoes_per_s": _quotient(result["echoes_per_s"], base["echoes_per_s"]),
         "cpu_us_per_echo": _quotient(
-            result["cpu_us_per_echo"], base and base["cpu_us_per_echo"]
+            result["cpu_us_per_echo"], base["cpu_us_per_echo"]
         ),
     }
 
@@ -426,12 +661,15 @@ def _quotient(value: Summary | None, base: Summary | None) -> float | None:
 
 
 def _saturation_warnings(runs: Sequence[RunRecord]) -> list[str]:
-    saturated = sum(run["client_saturated"] for run in runs)
-    if not saturated:
+    limited = sum(run["loadgen_limited"] for run in runs)
+    if not limited:
         return []
     warning = (
-        f"the load generator was near 100 % CPU in {saturated} of {len(runs)} runs "
-        "(marked !): those figures may show its limit rather than the server's"
+        f"the load generator was the limit in {limited} of {len(runs)} runs "
+        f"(near 100 % CPU, or its send lag p99 over {LAG_LIMIT_US / 1e3:g} ms and "
+        f"over {LAG_SHARE:.0%} of the round trips' p99; "
+        "marked !): those cells measure the load generator, not the server, and "
+        "are left out of every ratio"
     )
     return [warning]
 
@@ -447,6 +685,7 @@ def machine_record() -> MachineRecord:
         "cpu_count": os.cpu_count() or 1,
         "cpus_usable": None if usable is None else len(usable),
         "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
     }
 
 

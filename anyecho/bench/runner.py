@@ -14,26 +14,38 @@ for its next run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from . import _proc
 from .loadgen import Job, JobResult, Window
-from .plan import PlannedRun, Settings, schedule
+from .plan import PlannedRun, Settings, Workload, schedule
 from .report import (
     Measurement,
     Report,
     RunRecord,
     ServerRecord,
     ServerStatus,
+    SkippedRecord,
     run_record,
     settings_record,
+    sweep_goes_on,
 )
 from .report import build as build_report
-from .servers import ServerError, ServerProcess, ServerSpec, registry
+from .servers import (
+    Interpreter,
+    ServerError,
+    ServerProcess,
+    ServerSpec,
+    custom_spec,
+    on_python,
+    registry,
+    target_spec,
+)
 
 __all__ = [
     "LoadGenerator",
@@ -201,8 +213,23 @@ def measure(
     workload = run.workload
     shares = split_connections(workload.connections, len(generators))
     active = generators[: len(shares)]
-    for generator, (first, count) in zip(active, shares, strict=True):
-        job = Job(server.port, count, first, workload.size, workload.pipeline)
+    for index, (generator, (first, count)) in enumerate(
+        zip(active, shares, strict=True)
+    ):
+        rate = workload.rate
+        job = Job(
+            server.port,
+            count,
+            first,
+            workload.size,
+            workload.pipeline,
+            rate=None if rate is None else rate * count / workload.connections,
+            poisson=settings.poisson,
+            seed=settings.seed * 1000 + run.index * 10 + index,
+            host=server.host,
+            unix=server.unix,
+            tls_ca=server.tls_ca,
+        )
         generator.send(job=asdict(job))
     for generator in active:
         generator.receive("connected", LOADGEN_TIMEOUT)
@@ -219,7 +246,7 @@ def measure(
         JobResult.from_json(generator.receive("result", timeout))
         for generator in active
     ]
-    measured = Measurement(window_s=settings.duration)
+    measured = Measurement(window_s=settings.duration, requested_rate=workload.rate)
     if cpu_before is not None and cpu_after is not None:
         measured.server_cpu_s = cpu_after - cpu_before
     if (reason := server.exit_reason()) is not None:
@@ -227,6 +254,8 @@ def measure(
     for result in results:
         measured.echoes += result.echoes
         measured.latency.merge(result.latency)
+        measured.lag.merge(result.lag)
+        measured.scheduled += result.scheduled
         measured.client_cpu_s.append(result.cpu_s)
         measured.errors += result.errors
     return measured
@@ -235,8 +264,9 @@ def measure(
 class _Servers:
     """The running servers, started again when one has died."""
 
-    def __init__(self, cpus: Sequence[int] | None) -> None:
+    def __init__(self, cpus: Sequence[int] | None, transport: str) -> None:
         self._cpus = cpus
+        self._transport = transport
         self._running: dict[str, ServerProcess] = {}
 
     def start_all(self, specs: Sequence[ServerSpec]) -> list[ServerRecord]:
@@ -244,10 +274,12 @@ class _Servers:
 
         :return: how each one fared, in the order of ``specs``
         """
-        missing = {spec.name: spec.unavailable() for spec in specs}
+        missing = {spec.name: spec.unavailable(self._transport) for spec in specs}
         for spec in specs:
             if missing[spec.name] is None:
-                self._running[spec.name] = ServerProcess(spec, self._cpus)
+                self._running[spec.name] = ServerProcess(
+                    spec, self._cpus, self._transport
+                )
         return [
             _server_record(spec, "unavailable", reason)
             if (reason := missing[spec.name]) is not None
@@ -279,7 +311,7 @@ class _Servers:
         if server.exit_reason() is None:
             return server
         server.stop()
-        server = ServerProcess(server.spec, self._cpus)
+        server = ServerProcess(server.spec, self._cpus, self._transport)
         self._running[name] = server
         server.wait_ready()
         server.check()
@@ -327,12 +359,23 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
     """
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     specs = registry()
+    for name, command in settings.custom:
+        specs[name] = custom_spec(name, command)
+    if settings.target is not None:
+        specs["target"] = target_spec(*settings.target, settings.target_pid)
+    for path in settings.pythons:
+        python = Interpreter.probe(path)
+        for name in settings.servers:
+            base, at, version = name.rpartition("@")
+            if at and version == python.version and base in specs:
+                specs[name] = on_python(specs[base], python)
     plan = plan_cpus(settings.pin, settings.clients, max(settings.connections))
     warnings = list(plan.warnings)
     for warning in warnings:
         progress.message(f"warning: {warning}")
-    servers = _Servers(plan.server)
+    servers = _Servers(plan.server, settings.transport)
     runs: list[RunRecord] = []
+    skipped: list[SkippedRecord] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(_pinned(plan.own))
         stack.callback(servers.stop_all)
@@ -347,15 +390,25 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
                 progress.message(
                     f"{record['name']}: {record['status']}: {record['reason']}"
                 )
-        planned = schedule(servers.names(), settings.workloads, settings.repeat)
-        complete = _run_all(
-            planned,
-            servers=servers,
-            generators=generators,
-            settings=settings,
-            progress=progress,
-            records=runs,
-        )
+        if settings.sweep:
+            complete, workloads = _sweep(
+                servers=servers,
+                generators=generators,
+                settings=settings,
+                progress=progress,
+                records=runs,
+            )
+        else:
+            workloads = settings.workloads
+            complete = _run_planned(
+                workloads,
+                servers=servers,
+                generators=generators,
+                settings=settings,
+                progress=progress,
+                records=runs,
+                skipped=skipped,
+            )
     settings_entry = settings_record(
         settings,
         drain_timeout=DRAIN_TIMEOUT,
@@ -367,11 +420,180 @@ def run_bench(settings: Settings, progress: Progress) -> Report:
         created=created,
         complete=complete,
         settings=settings_entry,
-        workloads=settings.workloads,
+        workloads=workloads,
         servers=server_records,
         runs=runs,
         warnings=warnings,
+        skipped=skipped,
     )
+
+
+def _run_planned(
+    workloads: Sequence[Workload],
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+    skipped: list[SkippedRecord],
+) -> bool:
+    """Run every workload in interleaved rounds; ``False`` if interrupted.
+
+    A workload whose first round found the load generator the limit for every
+    server cannot be measured on this machine: its other rounds are skipped
+    (and listed in ``skipped``, with the reason), since they would only measure
+    the load generator again.
+    """
+    planned = schedule(servers.names(), workloads, settings.repeat)
+    progress.begin(len(planned), len(planned) * _per_run(settings))
+    context = _RunContext(
+        servers=servers,
+        generators=generators,
+        settings=settings,
+        progress=progress,
+        records=records,
+    )
+    try:
+        for workload in workloads:
+            rounds = [run for run in planned if run.workload == workload]
+            first = [run for run in rounds if run.round == 0]
+            _run_each(first, **context)
+            done = records[-len(first) :] if first else []
+            if done and all(r["loadgen_limited"] for r in done):
+                rest = [run for run in rounds if run.round > 0]
+                if rest:
+                    skipped.append(
+                        {
+                            "workload": workload.id,
+                            "runs": len(rest),
+                            "reason": "the load generator was the limit for every "
+                            "server in the first round: this machine cannot measure "
+                            "the servers here",
+                        }
+                    )
+                continue
+            rest = [run for run in rounds if run.round > 0]
+            _run_each(rest, **context)
+    except KeyboardInterrupt:
+        return False
+    finally:
+        progress.end()
+    return True
+
+
+class _RunContext(TypedDict):
+    servers: _Servers
+    generators: Sequence[LoadGenerator]
+    settings: Settings
+    progress: Progress
+    records: list[RunRecord]
+
+
+def _per_run(settings: Settings) -> float:
+    return settings.warmup + settings.duration + GO_LEAD + RUN_OVERHEAD
+
+
+def _run_each(
+    planned: Sequence[PlannedRun],
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+) -> None:
+    """Carry out ``planned``, appending to ``records``."""
+    for run in planned:
+        progress.run_started(run)
+        try:
+            server = servers.get(run.server)
+        except ServerError as exc:
+            measured = Measurement(settings.duration, errors=[str(exc)])
+        else:
+            measured = measure(server, run, generators, settings)
+        record = run_record(run, measured)
+        records.append(record)
+        progress.run_finished(run, record)
+
+
+def _sweep(
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+) -> tuple[bool, list[Workload]]:
+    """Offer rising rates, for each size and connection count, to the servers
+    that held the last one; ``False`` if interrupted, and the workloads run.
+
+    Each step runs the servers still going in interleaved rounds, as any plan.
+    """
+    workloads: list[Workload] = []
+    most = (
+        len(servers.names())
+        * len(settings.sizes)
+        * len(settings.connections)
+        * settings.sweep_steps
+        * settings.repeat
+    )
+    progress.message(f"a sweep of at most {most} runs")
+    progress.begin(most, most * _per_run(settings))
+    try:
+        return _sweep_steps(
+            servers=servers,
+            generators=generators,
+            settings=settings,
+            progress=progress,
+            records=records,
+            workloads=workloads,
+        )
+    finally:
+        progress.end()
+
+
+def _sweep_steps(
+    *,
+    servers: _Servers,
+    generators: Sequence[LoadGenerator],
+    settings: Settings,
+    progress: Progress,
+    records: list[RunRecord],
+    workloads: list[Workload],
+) -> tuple[bool, list[Workload]]:
+    for size in settings.sizes:
+        for connections in settings.connections:
+            going = servers.names()
+            for rate in settings.sweep_rates():
+                if not going:
+                    break
+                workload = Workload(size, connections, settings.pipeline, rate)
+                workloads.append(workload)
+                offset = len(records)
+                planned = [
+                    dataclasses.replace(run, index=run.index + offset)
+                    for run in schedule(going, [workload], settings.repeat)
+                ]
+                if not _run_all(
+                    planned,
+                    servers=servers,
+                    generators=generators,
+                    settings=settings,
+                    progress=progress,
+                    records=records,
+                    announce=False,
+                ):
+                    return False, workloads
+                step = records[offset:]
+                going = [
+                    name
+                    for name in going
+                    if sweep_goes_on(
+                        [r for r in step if r["server"] == name], settings.p99_limit_us
+                    )
+                ]
+    return True, workloads
 
 
 def _run_all(
@@ -382,24 +604,26 @@ def _run_all(
     settings: Settings,
     progress: Progress,
     records: list[RunRecord],
+    announce: bool = True,
 ) -> bool:
-    """Carry out ``planned``, appending to ``records``; ``False`` if interrupted."""
-    per_run = settings.warmup + settings.duration + GO_LEAD + RUN_OVERHEAD
-    progress.begin(len(planned), len(planned) * per_run)
+    """Carry out ``planned``, appending to ``records``; ``False`` if interrupted.
+
+    :param announce: tell ``progress`` where the runs begin and end
+    """
+    if announce:
+        progress.begin(len(planned), len(planned) * _per_run(settings))
     try:
-        for run in planned:
-            progress.run_started(run)
-            try:
-                server = servers.get(run.server)
-            except ServerError as exc:
-                measured = Measurement(settings.duration, errors=[str(exc)])
-            else:
-                measured = measure(server, run, generators, settings)
-            record = run_record(run, measured)
-            records.append(record)
-            progress.run_finished(run, record)
+        _run_each(
+            planned,
+            servers=servers,
+            generators=generators,
+            settings=settings,
+            progress=progress,
+            records=records,
+        )
     except KeyboardInterrupt:
         return False
     finally:
-        progress.end()
+        if announce:
+            progress.end()
     return True

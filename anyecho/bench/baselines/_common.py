@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from anyecho import Backend, BackendUnavailableError, resolve_backend
 
-__all__ = ["ASYNCIO_LOOPS", "HOST", "announce", "parser", "resolve_loop", "run_asyncio"]
+__all__ = [
+    "ASYNCIO_LOOPS",
+    "HOST",
+    "announce",
+    "parser",
+    "resolve_loop",
+    "run_asyncio",
+    "tls_context",
+]
 
 #: Baselines listen on loopback only.
 HOST = "127.0.0.1"
@@ -20,15 +29,27 @@ ASYNCIO_LOOPS = "asyncio, uvloop or asyncio:MODULE:FACTORY"
 
 
 def parser(
-    name: str, description: str, *, loops: str | None
+    name: str, description: str, *, loops: str | None, unix: bool = False
 ) -> argparse.ArgumentParser:
-    """A parser with ``--port`` and, when ``loops`` names the choices, ``--loop``."""
+    """A parser with ``--port``, ``--loop`` when ``loops`` names the choices, and
+    ``--unix`` for a server that can also listen on a Unix socket."""
     result = argparse.ArgumentParser(
         prog=f"python -m anyecho.bench.baselines.{name}", description=description
     )
     result.add_argument(
         "--port", type=int, default=0, help="TCP port; 0 picks a free one (default)"
     )
+    if unix:
+        result.add_argument(
+            "--unix",
+            metavar="PATH",
+            help="also listen on this Unix socket (the TCP port is still announced)",
+        )
+        result.add_argument(
+            "--tls-cert",
+            metavar="FILE",
+            help="speak TLS on the TCP port, with this key and certificate chain (PEM)",
+        )
     if loops is not None:
         result.add_argument(
             "--loop",
@@ -52,9 +73,21 @@ def resolve_loop(
     return backend
 
 
-def announce(port: int, baseline: str, loop: str) -> None:
+def tls_context(cert: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context for ``--tls-cert``, or ``None`` without one."""
+    if cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert)
+    return context
+
+
+def announce(port: int, baseline: str, loop: str, *, tls: bool = False) -> None:
     """Print the ready line that tells the benchmark where the server listens."""
-    line = f"serving echo on tcp://{HOST}:{port} (baseline {baseline}, loop {loop})"
+    scheme = "tls" if tls else "tcp"
+    line = (
+        f"serving echo on {scheme}://{HOST}:{port} (baseline {baseline}, loop {loop})"
+    )
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from ._common import ASYNCIO_LOOPS, HOST, announce, parser, resolve_loop, run_asyncio
+from ._common import (
+    ASYNCIO_LOOPS,
+    HOST,
+    announce,
+    parser,
+    resolve_loop,
+    run_asyncio,
+    tls_context,
+)
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -31,11 +39,17 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
 
-async def serve(port: int, loop_name: str) -> None:
-    """Serve until cancelled."""
+async def serve(
+    port: int, loop_name: str, unix: str | None = None, tls_cert: str | None = None
+) -> None:
+    """Serve until cancelled (on ``unix`` too, if given; TLS with ``tls_cert``)."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(EchoProtocol, HOST, port)
-    announce(server.sockets[0].getsockname()[1], "protocol", loop_name)
+    if unix is not None:
+        await loop.create_unix_server(EchoProtocol, unix)
+    tls = tls_context(tls_cert)
+    server = await loop.create_server(EchoProtocol, HOST, port, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, "protocol", loop_name, tls=tls is not None)
     async with server:
         await server.serve_forever()
 
@@ -43,10 +57,12 @@ async def serve(port: int, loop_name: str) -> None:
 def main() -> None:
     """``python -m anyecho.bench.baselines.protocol``."""
     description = "An echo server written as a bare asyncio.Protocol."
-    cli = parser("protocol", description, loops=ASYNCIO_LOOPS)
+    cli = parser("protocol", description, loops=ASYNCIO_LOOPS, unix=True)
     args = cli.parse_args()
     backend = resolve_loop(cli, args.loop, asyncio_only=True)
-    run_asyncio(lambda: serve(args.port, backend.name), backend)
+    run_asyncio(
+        lambda: serve(args.port, backend.name, args.unix, args.tls_cert), backend
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
-from ._common import ASYNCIO_LOOPS, HOST, announce, parser, resolve_loop, run_asyncio
+from ._common import (
+    ASYNCIO_LOOPS,
+    HOST,
+    announce,
+    parser,
+    resolve_loop,
+    run_asyncio,
+    tls_context,
+)
 
 #: Bytes asked for per ``reader.read()``.
 READ_SIZE = 64 * 1024
@@ -29,10 +37,16 @@ async def handle_client(
         writer.close()
 
 
-async def serve(port: int, loop_name: str) -> None:
-    """Serve until cancelled."""
-    server = await asyncio.start_server(handle_client, HOST, port)
-    announce(server.sockets[0].getsockname()[1], "tutorial", loop_name)
+async def serve(
+    port: int, loop_name: str, unix: str | None = None, tls_cert: str | None = None
+) -> None:
+    """Serve until cancelled (on ``unix`` too, if given; TLS with ``tls_cert``)."""
+    if unix is not None:
+        await asyncio.start_unix_server(handle_client, unix)
+    tls = tls_context(tls_cert)
+    server = await asyncio.start_server(handle_client, HOST, port, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, "tutorial", loop_name, tls=tls is not None)
     async with server:
         await server.serve_forever()
 
@@ -40,10 +54,12 @@ async def serve(port: int, loop_name: str) -> None:
 def main() -> None:
     """``python -m anyecho.bench.baselines.tutorial``."""
     description = "The asyncio tutorial's echo server (streams, read, write, drain)."
-    cli = parser("tutorial", description, loops=ASYNCIO_LOOPS)
+    cli = parser("tutorial", description, loops=ASYNCIO_LOOPS, unix=True)
     args = cli.parse_args()
     backend = resolve_loop(cli, args.loop, asyncio_only=True)
-    run_asyncio(lambda: serve(args.port, backend.name), backend)
+    run_asyncio(
+        lambda: serve(args.port, backend.name, args.unix, args.tls_cert), backend
+    )
 
 
 if __name__ == "__main__":
