@@ -32,6 +32,7 @@ __all__ = [
     "format_size",
     "fraction",
     "host_name",
+    "ip_network",
     "parse_number",
     "parse_port_set",
     "parse_size",
@@ -289,6 +290,14 @@ def host_name(text: str) -> str:
             f"invalid host {text!r}: expected a host name or address, "
             "or '*' for every interface"
         )
+    return text
+
+
+def ip_network(text: str) -> str:
+    """A network of trusted proxies: ``10.0.0.0/8``, ``::1``, ``192.0.2.7``."""
+    from ._config import network
+
+    _argument(network, text)
     return text
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import math
 import os
 import ssl
@@ -110,6 +112,22 @@ def check_number(
         raise ValueError(f"invalid {name} {value!r}: expected {expected}")
 
 
+def network(text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A trusted proxy's network: ``10.0.0.0/8``, ``::1`` or ``192.0.2.7``.
+
+    Host bits are allowed (``10.1.2.3/8`` is ``10.0.0.0/8``).
+
+    :raises ValueError: with a one-line message
+    """
+    if isinstance(text, str):
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_network(text.strip(), strict=False)
+    raise ValueError(
+        f"invalid network {text!r}: expected an IP address or a CIDR "
+        "network such as 10.0.0.0/8"
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Everything a server needs to know, checked once when it is built.
@@ -159,6 +177,15 @@ class ServerConfig:
         and burst
     :param udp_byte_rate: per source address: sustained bytes answered per second
         and burst
+    :param proxy_protocol: read a PROXY protocol header (v1 or v2, as HAProxy,
+        Envoy or AWS NLB send) at the start of every stream connection, before
+        TLS and the echo, so that the logs and the per-source limit see the
+        real client. Only :attr:`trusted_proxies` may connect then (and Unix
+        socket peers); see :doc:`proxy-protocol`.
+    :param trusted_proxies: the addresses (CIDR networks, or single addresses)
+        of the proxies allowed to send the header; required with
+        ``proxy_protocol``
+    :param proxy_header_timeout: seconds a proxy has to send the whole header
 
     .. code-block:: python
 
@@ -188,6 +215,9 @@ class ServerConfig:
     udp_byte_rate: RateLimit = field(
         default_factory=lambda: RateLimit(256 * 1024.0, 128 * 1024.0)
     )
+    proxy_protocol: bool = False
+    trusted_proxies: Sequence[str] = ()
+    proxy_header_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         host: Any = self.host
@@ -235,6 +265,30 @@ class ServerConfig:
         check_number("idle_timeout", self.idle_timeout, allow_none=True)
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
+        self._check_proxy()
+
+    def _check_proxy(self) -> None:
+        proxies: Any = self.trusted_proxies
+        if isinstance(proxies, str):
+            proxies = (proxies,)
+        object.__setattr__(
+            self, "trusted_proxies", tuple(str(network(p)) for p in proxies)
+        )
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError(
+                "proxy_protocol needs trusted_proxies: the addresses of the "
+                "proxies allowed to send the header"
+            )
+        if self.trusted_proxies and not self.proxy_protocol:
+            raise ValueError("trusted_proxies is only used with proxy_protocol")
+        check_number("proxy_header_timeout", self.proxy_header_timeout)
+
+    @property
+    def proxy_networks(
+        self,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """:attr:`trusted_proxies` as networks."""
+        return tuple(network(p) for p in self.trusted_proxies)
 
     @property
     def per_source_limit(self) -> int | None:
@@ -286,3 +340,6 @@ class ServerOptions(TypedDict, total=False):
     udp_blocked_ports: frozenset[int]
     udp_rate: RateLimit
     udp_byte_rate: RateLimit
+    proxy_protocol: bool
+    trusted_proxies: Sequence[str]
+    proxy_header_timeout: float

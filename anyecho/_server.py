@@ -69,9 +69,14 @@ class EchoServer:
         self.addresses: list[ListenAddress] = []
         self._stats = ServerStats()
         self._admission = Admission(
-            config.max_connections, config.per_source_limit, self._stats
+            config.max_connections,
+            config.per_source_limit,
+            self._stats,
+            deferred=config.proxy_protocol,
         )
-        self._connections = Connections(config, self._stats, self._admission.release)
+        self._connections = Connections(
+            config, self._stats, self._admission.release, self._admission.claim
+        )
         self._accept_scope: CancelScope | None = None
         self._connections_scope: CancelScope | None = None
         self._stop_requested: float | None = None

@@ -30,6 +30,7 @@ from .._args import (
     file_mode,
     format_size,
     host_name,
+    ip_network,
     port_number,
     port_set,
     positive_seconds,
@@ -75,6 +76,8 @@ DIRECT_SETTINGS = (
     "drain_timeout",
     "receive_size",
     "udp_blocked_ports",
+    "proxy_protocol",
+    "proxy_header_timeout",
 )
 
 
@@ -174,6 +177,36 @@ def add_parser(subparsers: Any) -> None:
         default=default["tls_handshake_timeout"],
         metavar="SECONDS",
         help="time a client has to complete the handshake (default: %(default)s)",
+    )
+
+    proxy = parser.add_argument_group(
+        "behind a load balancer (PROXY protocol v1 and v2, over TCP, TLS and Unix)"
+    )
+    proxy.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=default["proxy_protocol"],
+        help="read the PROXY header a load balancer sends first (HAProxy "
+        "send-proxy/send-proxy-v2, Envoy, AWS NLB), so that logs and the "
+        "per-source limit see the real client; only --trusted-proxy sources "
+        "(and Unix socket peers) may connect then",
+    )
+    proxy.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        type=ip_network,
+        default=[],
+        metavar="CIDR",
+        help="a network (or address) of proxies allowed to send the header, "
+        "such as 10.0.0.0/8; repeatable; required with --proxy-protocol",
+    )
+    proxy.add_argument(
+        "--proxy-header-timeout",
+        type=positive_seconds,
+        default=default["proxy_header_timeout"],
+        metavar="SECONDS",
+        help="time a proxy has to send the whole header (default: %(default)s)",
     )
 
     limits = parser.add_argument_group(
@@ -298,6 +331,13 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         raise ValueError("--tls-key needs --tls-cert")
     if args.tls_client_ca and not args.tls_cert:
         raise ValueError("--tls-client-ca needs --tls-cert")
+    if args.proxy_protocol and not args.trusted_proxies:
+        raise ValueError(
+            "--proxy-protocol needs --trusted-proxy CIDR: the addresses of the "
+            "proxies allowed to send the header"
+        )
+    if args.trusted_proxies and not args.proxy_protocol:
+        raise ValueError("--trusted-proxy needs --proxy-protocol")
     settings: dict[str, Any] = {name: getattr(args, name) for name in DIRECT_SETTINGS}
     if args.host:
         settings["host"] = "*" if "*" in args.host else tuple(args.host)
@@ -311,6 +351,7 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
     return ServerConfig(
         **settings,
         unix=tuple(args.unix),
+        trusted_proxies=tuple(args.trusted_proxies),
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
         wrap_stream=faults.stream_wrapper() if faults else None,
