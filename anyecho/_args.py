@@ -28,6 +28,7 @@ __all__ = [
     "byte_size",
     "count",
     "count_or_auto",
+    "descriptor",
     "file_mode",
     "format_size",
     "fraction",
@@ -299,6 +300,15 @@ def ip_network(text: str) -> str:
 
     _argument(network, text)
     return text
+
+
+def descriptor(text: str) -> int:
+    """An open file descriptor's number: an integer >= 0."""
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(
+            f"invalid fd {text!r}: expected a file descriptor number >= 0"
+        )
+    return int(text)
 
 
 def backend_name(text: str) -> str:

@@ -186,6 +186,12 @@ class ServerConfig:
         of the proxies allowed to send the header; required with
         ``proxy_protocol``
     :param proxy_header_timeout: seconds a proxy has to send the whole header
+    :param fds: listening sockets the process was given (their descriptors:
+        socket activation, a supervisor), served instead of binding any: TCP
+        (or TLS), Unix and UDP, as each socket is. ``host``, ``port``,
+        ``unix`` and ``udp`` are not used then. The server serves a duplicate
+        of each descriptor; the one given stays open (see
+        :func:`anyecho.listen_fds` and :doc:`socket-activation`).
 
     .. code-block:: python
 
@@ -218,6 +224,7 @@ class ServerConfig:
     proxy_protocol: bool = False
     trusted_proxies: Sequence[str] = ()
     proxy_header_timeout: float = 5.0
+    fds: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         host: Any = self.host
@@ -238,7 +245,7 @@ class ServerConfig:
             object.__setattr__(self, "host", None)
         if self.port is not None:
             _check_port(self.port)
-        elif not self.unix:
+        elif not self.unix and not self.fds:
             raise ValueError("nothing to serve: no TCP port and no Unix socket")
         check_number("receive_size", self.receive_size, integer=True)
         check_number("backlog", self.backlog, integer=True)
@@ -266,6 +273,7 @@ class ServerConfig:
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
         self._check_proxy()
+        self._check_fds()
 
     def _check_proxy(self) -> None:
         proxies: Any = self.trusted_proxies
@@ -282,6 +290,21 @@ class ServerConfig:
         if self.trusted_proxies and not self.proxy_protocol:
             raise ValueError("trusted_proxies is only used with proxy_protocol")
         check_number("proxy_header_timeout", self.proxy_header_timeout)
+
+    def _check_fds(self) -> None:
+        fds: Any = self.fds
+        fds = (fds,) if isinstance(fds, int) else tuple(fds)
+        for fd in fds:
+            if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+                raise ValueError(f"invalid fd {fd!r}: expected a descriptor >= 0")
+        if len(set(fds)) != len(fds):
+            raise ValueError(f"invalid fds {fds!r}: a descriptor given twice")
+        object.__setattr__(self, "fds", fds)
+        if fds and (self.unix or self.udp):
+            raise ValueError(
+                "fds: the server serves the sockets it is given; "
+                "unix and udp are for sockets it binds itself"
+            )
 
     @property
     def proxy_networks(
@@ -343,3 +366,4 @@ class ServerOptions(TypedDict, total=False):
     proxy_protocol: bool
     trusted_proxies: Sequence[str]
     proxy_header_timeout: float
+    fds: Sequence[int]

@@ -275,10 +275,21 @@ class EchoServer:
         list[tuple[socket.socket, ListenAddress]],
         list[tuple[socket.socket, ListenAddress]],
     ]:
-        """Bind every socket the config asks for; they close when ``stack`` does."""
+        """Bind every socket the config asks for; they close when ``stack`` does.
+
+        Given sockets (``fds``), it serves those and binds none.
+        """
         config = self.config
         streams: list[tuple[socket.socket, ListenAddress]] = []
         datagrams: list[tuple[socket.socket, ListenAddress]] = []
+        if config.fds:
+            tls = config.ssl_context is not None
+            for fd in config.fds:
+                sock, address = _sockets.inherit(fd, tls=tls)
+                stack.callback(_sockets.close, sock)
+                kind = datagrams if address.transport == "udp" else streams
+                kind.append((sock, address))
+            return streams, datagrams
         port = config.port
         if port is not None:
             transport: Transport = "tls" if config.ssl_context else "tcp"

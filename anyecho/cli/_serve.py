@@ -27,6 +27,7 @@ from .._args import (
     byte_size,
     count,
     count_or_auto,
+    descriptor,
     file_mode,
     format_size,
     host_name,
@@ -137,6 +138,18 @@ def add_parser(subparsers: Any) -> None:
         metavar="PATH",
         help="also listen on this Unix socket (repeatable); a stale socket file "
         "is replaced, one a live server holds is an error; removed on exit",
+    )
+    where.add_argument(
+        "--fd",
+        dest="fds",
+        action="append",
+        type=descriptor,
+        default=[],
+        metavar="N",
+        help="serve the listening socket open on this file descriptor (TCP, "
+        "Unix or UDP), given by a supervisor, instead of binding any; "
+        "repeatable. Sockets passed by systemd socket activation (LISTEN_FDS) "
+        "are served the same way, without this option",
     )
     where.add_argument(
         "--unix-mode",
@@ -319,18 +332,30 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(command=serve_command, stop_signals=True)
 
 
-def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerConfig:
-    """The server settings the options describe (``ValueError`` if invalid)."""
-    from .._config import RateLimit, ServerConfig
-    from .._tls import tls_server_context
+def _given_sockets(args: argparse.Namespace) -> tuple[int, ...]:
+    """The descriptors of the sockets to serve: ``--fd``, and those systemd
+    passed (read once; ``args.activated`` keeps their names for the log)."""
+    from .._sockets import inherit, listen_fds
 
-    tcp = bool(args.host) or args.port is not None or not args.unix
-    if args.udp and not tcp:
-        raise ValueError("--udp needs TCP's --host/--port (it shares the TCP port)")
-    if args.tls_key and not args.tls_cert:
-        raise ValueError("--tls-key needs --tls-cert")
-    if args.tls_client_ca and not args.tls_cert:
-        raise ValueError("--tls-client-ca needs --tls-cert")
+    args.activated = activated = listen_fds()
+    fds = (*args.fds, *(fd for fd, _ in activated))
+    if not fds:
+        return fds
+    given = "--fd" if args.fds else "socket activation (LISTEN_FDS)"
+    if args.host or args.port is not None or args.unix or args.udp:
+        raise ValueError(
+            f"{given}: the server serves the sockets it is given and binds "
+            "none; drop --host, --port, --unix and --udp"
+        )
+    for fd in fds:
+        try:
+            inherit(fd)[0].close()
+        except OSError as exc:
+            raise ValueError(str(exc)) from exc
+    return fds
+
+
+def _check_proxy_args(args: argparse.Namespace) -> None:
     if args.proxy_protocol and not args.trusted_proxies:
         raise ValueError(
             "--proxy-protocol needs --trusted-proxy CIDR: the addresses of the "
@@ -338,6 +363,22 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         )
     if args.trusted_proxies and not args.proxy_protocol:
         raise ValueError("--trusted-proxy needs --proxy-protocol")
+
+
+def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerConfig:
+    """The server settings the options describe (``ValueError`` if invalid)."""
+    from .._config import RateLimit, ServerConfig
+    from .._tls import tls_server_context
+
+    fds = _given_sockets(args)
+    tcp = bool(args.host) or args.port is not None or not args.unix
+    if args.udp and not tcp:
+        raise ValueError("--udp needs TCP's --host/--port (it shares the TCP port)")
+    if args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca needs --tls-cert")
+    _check_proxy_args(args)
     settings: dict[str, Any] = {name: getattr(args, name) for name in DIRECT_SETTINGS}
     if args.host:
         settings["host"] = "*" if "*" in args.host else tuple(args.host)
@@ -351,6 +392,7 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
     return ServerConfig(
         **settings,
         unix=tuple(args.unix),
+        fds=fds,
         trusted_proxies=tuple(args.trusted_proxies),
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
@@ -377,6 +419,8 @@ def serve_command(args: argparse.Namespace) -> int:
     except (BackendUnavailableError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     configure_logging(args.log_level, args.log_format)
+    for fd, name in args.activated:
+        logger.info("socket activation: serving fd %d (%s)", fd, name)
     if stop_requests.reasons:
         logger.info("%s: stopped before serving", stop_requests.reasons[0])
         return 0
