@@ -202,6 +202,14 @@ class Connections:
             logger, logging.WARNING, "connections ended for their PROXY header"
         )
 
+    @property
+    def proxied(self) -> Callable[[Any], bool] | None:
+        """Whether a peer is a trusted proxy; ``None`` without proxy protocol."""
+        proxies = self._proxies
+        if proxies is None:
+            return None
+        return lambda peer: trusted(peer, proxies)
+
     def flush_logs(self) -> None:
         self._log_tls_failed.flush()
         self._log_failed.flush()

@@ -254,7 +254,9 @@ class EchoServer:
                         packets=config.udp_rate,
                         data=config.udp_byte_rate,
                     )
-                    acceptors.start_soon(serve_udp, sock, guard, self._stats)
+                    acceptors.start_soon(
+                        serve_udp, sock, guard, self._stats, self._connections.proxied
+                    )
 
     def _drain(self, connections: TaskGroup) -> None:
         grace = self._stop_requested

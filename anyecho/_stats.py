@@ -34,7 +34,9 @@ class StatsSnapshot:
         ``rate-limit`` (the source's packet or byte budget is spent),
         ``send-buffer-full`` (the socket's send buffer had no room: the answer is
         dropped rather than queued), ``send-error`` (the system refused to send
-        it), ``no-source-address`` (the system gave no address to answer)
+        it), ``no-source-address`` (the system gave no address to answer);
+        with the PROXY protocol on, ``untrusted-source`` (not from a trusted
+        proxy) and ``proxy-header`` (no valid header at its start)
     """
 
     active_connections: int = 0

@@ -10,6 +10,7 @@ address, both the packets and the bytes it sends back.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -20,14 +21,17 @@ from typing import Any, Protocol
 import anyio
 
 from ._config import RateLimit
+from ._proxy import ProxyHeaderError, parse
 from ._stats import ServerStats
 
 __all__ = [
     "BLOCKED_PORT",
     "NO_SOURCE_ADDRESS",
+    "PROXY_HEADER",
     "RATE_LIMIT",
     "SEND_BUFFER_FULL",
     "SEND_ERROR",
+    "UNTRUSTED_SOURCE",
     "UDPGuard",
 ]
 
@@ -40,6 +44,8 @@ RATE_LIMIT = "rate-limit"
 SEND_BUFFER_FULL = "send-buffer-full"
 SEND_ERROR = "send-error"
 NO_SOURCE_ADDRESS = "no-source-address"
+UNTRUSTED_SOURCE = "untrusted-source"
+PROXY_HEADER = "proxy-header"
 
 #: Datagrams read per wake-up. After this many the loop waits for readiness
 #: again, which lets every other task run: a flood cannot starve the TCP side.
@@ -128,7 +134,7 @@ class _Responder:
     flood costs no memory here, and the receive side never stalls behind a send.
     """
 
-    __slots__ = ("_clock", "_guard", "_sock", "_stats")
+    __slots__ = ("_clock", "_guard", "_proxied", "_sock", "_stats")
 
     def __init__(
         self,
@@ -136,21 +142,31 @@ class _Responder:
         guard: UDPGuard,
         stats: ServerStats,
         clock: Callable[[], float],
+        proxied: Callable[[Any], bool] | None = None,
     ) -> None:
         self._sock = sock
         self._guard = guard
         self._stats = stats
         self._clock = clock
+        self._proxied = proxied
 
     def answer(self, data: bytes | memoryview, address: Any) -> None:
         stats = self._stats
-        size = len(data)
-        stats.bytes_received += size
         if not isinstance(address, tuple) or len(address) < 2:
+            stats.bytes_received += len(data)
             stats.drop_datagram(NO_SOURCE_ADDRESS)
-            logger.debug("udp: dropped %d bytes from %r (no address)", size, address)
+            logger.debug(
+                "udp: dropped %d bytes from %r (no address)", len(data), address
+            )
             return
         host, port = address[0], address[1]
+        if self._proxied is not None:
+            client = self._unwrap(data, address)
+            if client is None:
+                return
+            data, (host, port) = client
+        size = len(data)
+        stats.bytes_received += size
         reason = self._guard.check(host, port, size, self._clock())
         if reason is None:
             try:
@@ -165,6 +181,27 @@ class _Responder:
                 return
         stats.drop_datagram(reason)
         logger.debug("udp %s:%d: dropped %d bytes (%s)", host, port, size, reason)
+
+    def _unwrap(
+        self, data: bytes | memoryview, address: Any
+    ) -> tuple[bytes | memoryview, tuple[str, int]] | None:
+        """The payload of a datagram behind a PROXY v2 header, and the client
+        the guard judges it by; ``None`` (counted) to drop it."""
+        assert self._proxied is not None
+        header = None
+        reason = UNTRUSTED_SOURCE
+        if self._proxied(address):
+            reason = PROXY_HEADER
+            with contextlib.suppress(ProxyHeaderError):
+                header = parse(data)  # None: cut short, as good as malformed
+        if header is None:
+            self._stats.bytes_received += len(data)
+            self._stats.drop_datagram(reason)
+            logger.debug("udp %s:%d: dropped (%s)", address[0], address[1], reason)
+            return None
+        source = header.source
+        client = source if isinstance(source, tuple) else (address[0], address[1])
+        return data[header.length :], client
 
 
 def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> None:
@@ -187,7 +224,12 @@ def _receive_failed(sock: socket.socket, stats: ServerStats, exc: Exception) -> 
                 break
 
 
-async def serve_udp(sock: socket.socket, guard: UDPGuard, stats: ServerStats) -> None:
+async def serve_udp(
+    sock: socket.socket,
+    guard: UDPGuard,
+    stats: ServerStats,
+    proxied: Callable[[Any], bool] | None = None,
+) -> None:
     """Echo datagrams on ``sock`` until cancelled or the socket is closed.
 
     Every datagram the system delivers is either answered (``datagrams_echoed``)
@@ -198,9 +240,14 @@ async def serve_udp(sock: socket.socket, guard: UDPGuard, stats: ServerStats) ->
     queue at most 100 received datagrams and silently drop the rest, and asyncio
     and uvloop silently skip sending empty datagrams.) Whoever closes ``sock``
     calls :func:`anyio.notify_closing` first, which ends this at once.
+
+    With ``proxied`` (which says whether a sender is a trusted proxy), every
+    datagram must come from a trusted proxy and start with a PROXY header (v2
+    over ``DGRAM``, as the protocol defines it): the guard judges the client
+    it names, and the payload after it goes back to the proxy.
     """
     sock.setblocking(False)
-    answer = _Responder(sock, guard, stats, anyio.current_time).answer
+    answer = _Responder(sock, guard, stats, anyio.current_time, proxied).answer
     buffer = bytearray(_BUFFER_SIZE)
     view = memoryview(buffer)
     receive = sock.recvfrom_into

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import anyio
 import pytest
 from anyio.abc import ByteStream, SocketStream
 
-from anyecho import ServerConfig, ServerOptions
+from anyecho import RateLimit, ServerConfig, ServerOptions
 from anyecho.testing import RunningServer, serving
 
 from .processes import one_line_error
@@ -320,3 +321,56 @@ def test_command_line_errors(args: list[str], message: str) -> None:
     status, line = one_line_error("serve", "--port", "0", *args)
     assert status == 2
     assert message in line
+
+
+# --- datagrams: a PROXY v2 header at the start of each ----------------------------
+
+
+def udp_client(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def answer(sock: socket.socket) -> bytes:
+    await anyio.wait_readable(sock)
+    return sock.recv(65536)
+
+
+async def test_udp_behind_a_proxy_judges_the_real_client() -> None:
+    def header(client: tuple[str, int]) -> bytes:
+        return proxy_v2(client, ("127.0.0.1", 7), datagram=True)
+
+    with anyio.fail_after(TIMEOUT):
+        async with serving(
+            proxy_protocol=True,
+            trusted_proxies=[TRUSTED],
+            udp=True,
+            udp_rate=RateLimit(1.0, 2.0),
+        ) as server:
+            target = (server.host, server.address_for("udp").port)
+            with udp_client() as proxy, udp_client("127.0.0.2") as stranger:
+                # A client on a blocked port: the header's port, not the proxy's.
+                proxy.sendto(header(("203.0.113.9", 53)) + b"reflect", target)
+                # Client A may have two answers (the burst); then it is limited,
+                # while client B, behind the same proxy, is not.
+                for n in range(3):
+                    proxy.sendto(header(("203.0.113.1", 5000)) + b"A%d" % n, target)
+                proxy.sendto(b"no header", target)
+                stranger.sendto(header(("203.0.113.3", 5000)) + b"spoofed", target)
+                proxy.sendto(header(("203.0.113.2", 5000)) + b"B", target)
+                answers = [await answer(proxy) for _ in range(3)]
+                assert answers == [b"A0", b"A1", b"B"]
+                # The stranger's datagram came before B's was answered.
+                with pytest.raises(BlockingIOError):
+                    stranger.recv(100)
+    stats = server.stats
+    assert dict(stats.datagrams_dropped_by_reason) == {
+        "blocked-port": 1,
+        "rate-limit": 1,
+        "proxy-header": 1,
+        "untrusted-source": 1,
+    }
+    assert stats.datagrams_echoed == 3
+    assert stats.bytes_sent == 5
