@@ -325,7 +325,8 @@ class Connections:
         self, stream: ByteStream, name: str
     ) -> tuple[ProxyHeader, bytes] | None:
         """The PROXY header at the start of ``stream``, and the bytes that came
-        after it; ``None`` (counted and logged) if there is none in time.
+        after it; ``None`` (counted and logged) if there is none in time, and
+        ``None`` (not an error) for a connection closed before its first byte.
 
         Nothing of what was read is echoed when the header is bad: the
         connection just ends.
@@ -340,11 +341,12 @@ class Connections:
             except ProxyHeaderError as exc:
                 reason = f"bad PROXY header ({exc})"
             except EndOfStream:
-                reason = (
-                    "closed in the middle of its PROXY header"
-                    if buffer
-                    else "closed without a PROXY header"
-                )
+                if not buffer:
+                    # Connected and closed without a byte: a port check (as
+                    # AWS NLB and Kubernetes TCP probes make), nothing to echo.
+                    logger.debug("%s: closed before any PROXY header", name)
+                    return None
+                reason = "closed in the middle of its PROXY header"
             else:
                 return header, bytes(buffer[header.length :])
         self._proxy_failed(name, reason)

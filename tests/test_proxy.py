@@ -124,7 +124,6 @@ async def test_header_split_byte_by_byte(kind: str) -> None:
         pytest.param(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\nbytes", id="bad-v1"),
         pytest.param(proxy_v2(CLIENT)[:20], id="v2-truncated-then-eof"),
         pytest.param(proxy_v1(CLIENT)[:-2], id="v1-truncated-then-eof"),
-        pytest.param(b"", id="eof-before-anything"),
     ],
 )
 async def test_bad_header_ends_the_connection_unechoed(
@@ -140,6 +139,18 @@ async def test_bad_header_ends_the_connection_unechoed(
                 assert await exchange(stream, proxy_v2(CLIENT) + b"ok") == b"ok"
     assert stats.bytes_sent == 0
     assert any("PROXY header" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_port_check_is_no_error() -> None:
+    """A connection closed before its first byte (a TCP health check) is none."""
+    with anyio.fail_after(TIMEOUT):
+        async with serving(**PROXIED) as server:
+            async with await server.connect() as stream:
+                await stream.send_eof()
+                assert await read_to_end(stream) == b""
+            stats = await server.wait_stats(lambda s: s.active_connections == 0)
+    assert stats.total_connections == 1
+    assert stats.errors["proxy"] == 0
 
 
 async def test_header_timeout() -> None:
