@@ -13,9 +13,10 @@ import pytest
 from anyio.abc import ByteStream, SocketStream
 
 from anyecho import RateLimit, ServerConfig, ServerOptions
+from anyecho._connection import trusted
 from anyecho.testing import RunningServer, serving
 
-from .processes import one_line_error
+from .processes import ServerProcess, echo_once, one_line_error
 from .utils import (
     TIMEOUT,
     exchange,
@@ -385,3 +386,43 @@ async def test_udp_behind_a_proxy_judges_the_real_client() -> None:
     }
     assert stats.datagrams_echoed == 3
     assert stats.bytes_sent == 5
+
+
+# --- from the command line ----------------------------------------------------------
+
+
+def test_command_line_behind_a_proxy(backend_name: str) -> None:
+    server = ServerProcess(
+        "serve",
+        *("--port", "0", "--backend", backend_name, "--log-level", "debug"),
+        *("--proxy-protocol", "--trusted-proxy", "127.0.0.0/8"),
+    )
+    try:
+        port = server.wait_port()
+        payload = random_bytes(50_000)
+        assert echo_once(port, proxy_v2(CLIENT) + payload) == payload
+        server.wait_for(r"203\.0\.113\.7:40000 via 127\.0\.0\.1:\d+: closed, 50000 ")
+        try:
+            assert echo_once(port, proxy_v1(CLIENT)[:-1] + b"x") == b""
+        except ConnectionResetError:
+            pass  # ended unechoed, either way
+        server.wait_for(r"127\.0\.0\.1:\d+: bad PROXY header")
+        server.proc.terminate()
+        status, log = server.finish()
+    finally:
+        server.kill()
+    assert status == 0
+    assert "proxy 1" in log  # the summary's error count
+
+
+def test_trust_of_addresses() -> None:
+    networks = ServerConfig(
+        proxy_protocol=True, trusted_proxies=["10.0.0.0/8", "fd00::/8"]
+    ).proxy_networks
+    assert trusted(("10.1.2.3", 1), networks)
+    assert trusted(("::ffff:10.1.2.3", 1, 0, 0), networks)
+    assert trusted(("fd00::1", 1, 0, 0), networks)
+    assert trusted(("fe80::1%lo", 1, 0, 1), networks) is False
+    assert not trusted(("11.0.0.1", 1), networks)
+    assert trusted("", networks)  # a Unix socket peer
+    assert trusted(b"\0abstract", networks)
