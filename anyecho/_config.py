@@ -165,7 +165,9 @@ class ServerConfig:
         past that is reset at once (the ``source-limit`` error). ``"auto"`` (the
         default) is a tenth of ``max_connections``, but at least 10 (100 without
         a global limit): 100 with the defaults; see :attr:`per_source_limit`.
-        Unix socket peers are not limited. ``None`` for no limit.
+        Unix socket peers are not limited. Behind a proxy
+        (``proxy_protocol``), the address counted is the client's, from the
+        header. ``None`` for no limit.
     :param idle_timeout: close a connection that moved no byte, either way, for
         this many seconds; a send stuck on a peer that does not read counts as
         idle. ``None`` for no limit.
@@ -188,8 +190,9 @@ class ServerConfig:
     :param proxy_header_timeout: seconds a proxy has to send the whole header
     :param fds: listening sockets the process was given (their descriptors:
         socket activation, a supervisor), served instead of binding any: TCP
-        (or TLS), Unix and UDP, as each socket is. ``host``, ``port``,
-        ``unix`` and ``udp`` are not used then. The server serves a duplicate
+        (or TLS), Unix and UDP, as each socket is. ``host`` and ``port`` are
+        not used then, and ``unix`` and ``udp`` must be left out (an error
+        otherwise): the server binds nothing. It serves a duplicate
         of each descriptor; the one given stays open (see
         :func:`anyecho.listen_fds` and :doc:`socket-activation`).
 

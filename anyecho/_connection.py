@@ -296,7 +296,7 @@ class Connections:
         """
         assert self._proxies is not None
         if not trusted(state.peer, self._proxies):
-            # Ended unread: its bytes, header or not, are never looked at.
+            # Ended at once: its bytes, header or not, are never looked at.
             self._proxy_failed(name, "not a trusted proxy")
             return None, name
         proxied = await self._proxy_header(stream, name)

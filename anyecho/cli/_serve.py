@@ -193,16 +193,16 @@ def add_parser(subparsers: Any) -> None:
     )
 
     proxy = parser.add_argument_group(
-        "behind a load balancer (PROXY protocol v1 and v2, over TCP, TLS and Unix)"
+        "behind a load balancer (PROXY protocol v1 and v2)"
     )
     proxy.add_argument(
         "--proxy-protocol",
         action="store_true",
         default=default["proxy_protocol"],
         help="read the PROXY header a load balancer sends first (HAProxy "
-        "send-proxy/send-proxy-v2, Envoy, AWS NLB), so that logs and the "
-        "per-source limit see the real client; only --trusted-proxy sources "
-        "(and Unix socket peers) may connect then",
+        "send-proxy/send-proxy-v2, Envoy, AWS NLB), so that logs, the "
+        "per-source limit and the UDP guard see the real client; only "
+        "--trusted-proxy sources (and Unix socket peers) may connect then",
     )
     proxy.add_argument(
         "--trusted-proxy",
