@@ -11,8 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import ByteStream, SocketStream
+from anyio.streams.tls import TLSStream
 
-from anyecho import RateLimit, ServerConfig, ServerOptions
+from anyecho import RateLimit, ServerConfig, ServerOptions, StreamWrapper
 from anyecho._connection import trusted
 from anyecho.testing import RunningServer, serving
 
@@ -267,8 +268,6 @@ async def test_proxied_tls(
         ) as server:
             tcp = await anyio.connect_tcp(server.host, server.port)
             await tcp.send(proxy_v2(CLIENT))
-            from anyio.streams.tls import TLSStream
-
             async with await TLSStream.wrap(
                 tcp,
                 ssl_context=anyecho_client_ssl_context,
@@ -280,6 +279,43 @@ async def test_proxied_tls(
             stats = await server.wait_stats(lambda s: s.active_connections == 0)
     assert stats.errors["proxy"] == 0
     assert stats.errors["tls"] == 0
+
+
+class HeaderFirst(StreamWrapper):
+    """A client stream whose first send carries the PROXY header too: one segment."""
+
+    def __init__(self, stream: ByteStream, header: bytes) -> None:
+        super().__init__(stream)
+        self.header = header
+
+    async def send(self, item: bytes) -> None:
+        header, self.header = self.header, b""
+        await self.stream.send(header + item)
+
+
+async def test_proxied_tls_hello_in_the_header_segment(
+    anyecho_server_ssl_context: ssl.SSLContext,
+    anyecho_client_ssl_context: ssl.SSLContext,
+) -> None:
+    """The TLS client hello that came with the header is not lost."""
+    with anyio.fail_after(TIMEOUT):
+        async with serving(
+            proxy_protocol=True,
+            trusted_proxies=[TRUSTED],
+            ssl_context=anyecho_server_ssl_context,
+        ) as server:
+            tcp = await anyio.connect_tcp(server.host, server.port)
+            async with await TLSStream.wrap(
+                HeaderFirst(tcp, proxy_v1(CLIENT)),
+                ssl_context=anyecho_client_ssl_context,
+                hostname="localhost",
+                standard_compatible=False,
+            ) as stream:
+                await stream.send(b"hello")
+                assert await receive_exactly(stream, 5) == b"hello"
+            stats = await server.wait_stats(lambda s: s.active_connections == 0)
+    assert stats.errors["tls"] == 0
+    assert stats.errors["proxy"] == 0
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets")
