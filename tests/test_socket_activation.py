@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +270,22 @@ async def test_library_serves_a_given_socket(tcp_listener: socket.socket) -> Non
     # The server served a duplicate: the descriptor given is still the caller's.
     assert tcp_listener.getsockname()[1] == port
     assert tcp_listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+
+
+@pytest.mark.anyio
+async def test_a_given_socket_speaks_tls(
+    tcp_listener: socket.socket,
+    anyecho_server_ssl_context: ssl.SSLContext,
+    anyecho_client_ssl_context: ssl.SSLContext,
+) -> None:
+    config = ServerConfig(
+        fds=[tcp_listener.fileno()], ssl_context=anyecho_server_ssl_context
+    )
+    with anyio.fail_after(TIMEOUT):
+        async with serving(
+            config, client_ssl_context=anyecho_client_ssl_context
+        ) as server:
+            assert [a.transport for a in server.addresses] == ["tls"]
+            async with await server.connect(server_hostname="localhost") as stream:
+                await stream.send(b"secret")
+                assert await stream.receive() == b"secret"
