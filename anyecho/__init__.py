@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._server import EchoServer as EchoServer
     from ._server import serve as serve
     from ._sockets import ListenAddress as ListenAddress
+    from ._sockets import listen_fds as listen_fds
     from ._stats import StatsSnapshot as StatsSnapshot
     from ._tls import tls_server_context as tls_server_context
     from ._wrap import StreamWrapper as StreamWrapper
@@ -49,6 +50,7 @@ _LAZY = {
     "echo": "._echo",
     "EchoServer": "._server",
     "ListenAddress": "._sockets",
+    "listen_fds": "._sockets",
     "ListenError": "._errors",
     "serve": "._server",
     "StatsSnapshot": "._stats",
@@ -114,6 +116,7 @@ __all__ = [
     "StreamWrapper",
     "UdpFaults",
     "echo",
+    "listen_fds",
     "resolve_backend",
     "serve",
     "tls_server_context",

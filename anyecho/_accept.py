@@ -66,6 +66,20 @@ _accept = socket.socket.accept
 Start = Callable[[socket.socket, Any, "str | None"], None]
 
 
+class _Parked:
+    """A connection's task that waits at its source's limit (see ``claim``)."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
+
+    def wake(self, *, granted: bool) -> None:
+        self.granted = granted
+        self.event.set()
+
+
 class Admission:
     """The connection limits: a global one, and one per source address.
 
@@ -87,17 +101,25 @@ class Admission:
     """
 
     def __init__(
-        self, max_connections: int | None, per_source: int | None, stats: ServerStats
+        self,
+        max_connections: int | None,
+        per_source: int | None,
+        stats: ServerStats,
+        *,
+        deferred: bool = False,
     ) -> None:
         self.max_connections = max_connections
         self.per_source = per_source
+        #: the source is known only once the connection has told it (a PROXY
+        #: header): :meth:`admit` counts none, and the connection :meth:`claim`s
+        self.deferred = deferred
         self._slots = (
             None if max_connections is None else anyio.Semaphore(max_connections)
         )
         self._stats = stats
         #: open connections per source address, and the ones waiting for a slot
         self._sources: dict[str, int] = {}
-        self._waiting: dict[str, deque[tuple[socket.socket, Any]]] = {}
+        self._waiting: dict[str, deque[tuple[socket.socket, Any] | _Parked]] = {}
         self._waiters = 0
         #: starts a connection's task (set by the server while it serves)
         self.start: Start | None = None
@@ -141,8 +163,10 @@ class Admission:
         reset; the source is ``None`` where none is counted.
         """
         limit = self.per_source
-        if limit is None or not isinstance(peer, tuple):
-            return True, None  # no limit, or a Unix socket peer: this machine
+        if limit is None or self.deferred or not isinstance(peer, tuple):
+            # No limit, a Unix socket peer (this machine), or a source that
+            # the connection will tell (claim).
+            return True, None
         source = str(peer[0]).removeprefix("::ffff:")
         held = self._sources.get(source, 0)
         if held < limit:
@@ -169,11 +193,15 @@ class Admission:
         if source is not None:
             waiting = self._waiting.get(source)
             if waiting and self.start is not None:
-                client, peer = waiting.popleft()
+                waiter = waiting.popleft()
                 self._waiters -= 1
                 if not waiting:
                     del self._waiting[source]
-                self.start(client, peer, source)  # the slot and count carry over
+                # The slot and count carry over.
+                if isinstance(waiter, _Parked):
+                    waiter.wake(granted=True)
+                else:
+                    self.start(*waiter, source)
                 return
             held = self._sources[source] - 1
             if held:
@@ -181,6 +209,68 @@ class Admission:
             else:
                 del self._sources[source]
         self.release_slot()
+
+    async def claim(self, source: str) -> bool:
+        """Count a connection under ``source`` once it has said who it is for.
+
+        A connection admitted with no source (:attr:`deferred`: behind a proxy,
+        the real client is known from the PROXY header only) calls this with the
+        client's address, holding its slot of the global limit. Under the
+        per-source limit it is counted at once; over it, it waits as a newcomer
+        at the limit does (holding no slot, within the same bound on waiters),
+        until one of its source's connections ends and hands it that slot.
+
+        :returns: ``True`` once counted: call :meth:`release` with ``source``
+            when the connection ends. ``False`` when it must end now (no room to
+            wait, or the server stops): it then holds nothing, not even its
+            global slot. Cancelled, it holds nothing either.
+        """
+        limit = self.per_source
+        if limit is None:
+            self._sources[source] = self._sources.get(source, 0) + 1
+            return True
+        held = self._sources.get(source, 0)
+        if held < limit:
+            self._sources[source] = held + 1
+            return True
+        if self._waiters >= limit:
+            self._prune()
+        if self._waiters >= limit or self.start is None:
+            self.release_slot()
+            self._stats.error("source-limit")
+            self._log_refused(
+                "%s: over the per-source limit (%d connections) with no room to "
+                "wait; reset",
+                source,
+                limit,
+            )
+            return False
+        parked = _Parked()
+        self._waiting.setdefault(source, deque()).append(parked)
+        self._waiters += 1
+        self.release_slot()  # a waiter holds none
+        self._log_waits(
+            "%s: at the per-source limit (%d connections); a client waits",
+            source,
+            limit,
+        )
+        try:
+            await parked.event.wait()
+        except BaseException:
+            if parked.granted:
+                self.release(source)
+            else:
+                self._unpark(source, parked)
+            raise
+        return parked.granted
+
+    def _unpark(self, source: str, parked: _Parked) -> None:
+        waiting = self._waiting.get(source)
+        if waiting is not None and parked in waiting:
+            waiting.remove(parked)
+            self._waiters -= 1
+            if not waiting:
+                del self._waiting[source]
 
     def _prune(self) -> None:
         """Drop the waiters whose peer has gone already (one peek each).
@@ -191,7 +281,11 @@ class Admission:
         for source in list(self._waiting):
             waiting = self._waiting[source]
             for _ in range(len(waiting)):
-                client, peer = waiting.popleft()
+                waiter = waiting.popleft()
+                if isinstance(waiter, _Parked):  # its task watches its peer
+                    waiting.append(waiter)
+                    continue
+                client, peer = waiter
                 try:
                     alive = client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 except BlockingIOError:
@@ -225,8 +319,11 @@ class Admission:
         """Start no more waiters, and close those that wait (a stop)."""
         self.start = None
         for waiting in self._waiting.values():
-            for client, _ in waiting:
-                client.close()
+            for waiter in waiting:
+                if isinstance(waiter, _Parked):
+                    waiter.wake(granted=False)
+                else:
+                    waiter[0].close()
         self._waiting.clear()
         self._waiters = 0
 

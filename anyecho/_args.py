@@ -28,10 +28,12 @@ __all__ = [
     "byte_size",
     "count",
     "count_or_auto",
+    "descriptor",
     "file_mode",
     "format_size",
     "fraction",
     "host_name",
+    "ip_network",
     "parse_number",
     "parse_port_set",
     "parse_size",
@@ -290,6 +292,23 @@ def host_name(text: str) -> str:
             "or '*' for every interface"
         )
     return text
+
+
+def ip_network(text: str) -> str:
+    """A network of trusted proxies: ``10.0.0.0/8``, ``::1``, ``192.0.2.7``."""
+    from ._config import network
+
+    _argument(network, text)
+    return text
+
+
+def descriptor(text: str) -> int:
+    """An open file descriptor's number: an integer >= 0."""
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(
+            f"invalid fd {text!r}: expected a file descriptor number >= 0"
+        )
+    return int(text)
 
 
 def backend_name(text: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import math
 import os
 import ssl
@@ -111,6 +113,22 @@ def check_number(
         raise ValueError(f"invalid {name} {value!r}: expected {expected}")
 
 
+def network(text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A trusted proxy's network: ``10.0.0.0/8``, ``::1`` or ``192.0.2.7``.
+
+    Host bits are allowed (``10.1.2.3/8`` is ``10.0.0.0/8``).
+
+    :raises ValueError: with a one-line message
+    """
+    if isinstance(text, str):
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_network(text.strip(), strict=False)
+    raise ValueError(
+        f"invalid network {text!r}: expected an IP address or a CIDR "
+        "network such as 10.0.0.0/8"
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Everything a server needs to know, checked once when it is built.
@@ -148,7 +166,9 @@ class ServerConfig:
         past that is reset at once (the ``source-limit`` error). ``"auto"`` (the
         default) is a tenth of ``max_connections``, but at least 10 (100 without
         a global limit): 100 with the defaults; see :attr:`per_source_limit`.
-        Unix socket peers are not limited. ``None`` for no limit.
+        Unix socket peers are not limited. Behind a proxy
+        (``proxy_protocol``), the address counted is the client's, from the
+        header. ``None`` for no limit.
     :param idle_timeout: close a connection that moved no byte, either way, for
         this many seconds; a send stuck on a peer that does not read counts as
         idle. ``None`` for no limit.
@@ -165,6 +185,22 @@ class ServerConfig:
         :class:`~anyecho.faults.UdpFaults`, or a mapping of its fields); the
         server's :meth:`~anyecho.EchoServer.set_udp_faults` replaces them while
         it runs
+    :param proxy_protocol: read a PROXY protocol header (v1 or v2, as HAProxy,
+        Envoy or AWS NLB send) at the start of every stream connection, before
+        TLS and the echo, so that the logs and the per-source limit see the
+        real client. Only :attr:`trusted_proxies` may connect then (and Unix
+        socket peers); see :doc:`proxy-protocol`.
+    :param trusted_proxies: the addresses (CIDR networks, or single addresses)
+        of the proxies allowed to send the header; required with
+        ``proxy_protocol``
+    :param proxy_header_timeout: seconds a proxy has to send the whole header
+    :param fds: listening sockets the process was given (their descriptors:
+        socket activation, a supervisor), served instead of binding any: TCP
+        (or TLS), Unix and UDP, as each socket is. ``host`` and ``port`` are
+        not used then, and ``unix`` and ``udp`` must be left out (an error
+        otherwise): the server binds nothing. It serves a duplicate
+        of each descriptor; the one given stays open (see
+        :func:`anyecho.listen_fds` and :doc:`socket-activation`).
 
     .. code-block:: python
 
@@ -195,6 +231,10 @@ class ServerConfig:
         default_factory=lambda: RateLimit(256 * 1024.0, 128 * 1024.0)
     )
     udp_faults: UdpFaults | None = None
+    proxy_protocol: bool = False
+    trusted_proxies: Sequence[str] = ()
+    proxy_header_timeout: float = 5.0
+    fds: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         host: Any = self.host
@@ -215,7 +255,7 @@ class ServerConfig:
             object.__setattr__(self, "host", None)
         if self.port is not None:
             _check_port(self.port)
-        elif not self.unix:
+        elif not self.unix and not self.fds:
             raise ValueError("nothing to serve: no TCP port and no Unix socket")
         check_number("receive_size", self.receive_size, integer=True)
         check_number("backlog", self.backlog, integer=True)
@@ -243,6 +283,46 @@ class ServerConfig:
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
         object.__setattr__(self, "udp_faults", udp_faults_from(self.udp_faults))
+        self._check_proxy()
+        self._check_fds()
+
+    def _check_proxy(self) -> None:
+        proxies: Any = self.trusted_proxies
+        if isinstance(proxies, str):
+            proxies = (proxies,)
+        object.__setattr__(
+            self, "trusted_proxies", tuple(str(network(p)) for p in proxies)
+        )
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError(
+                "proxy_protocol needs trusted_proxies: the addresses of the "
+                "proxies allowed to send the header"
+            )
+        if self.trusted_proxies and not self.proxy_protocol:
+            raise ValueError("trusted_proxies is only used with proxy_protocol")
+        check_number("proxy_header_timeout", self.proxy_header_timeout)
+
+    def _check_fds(self) -> None:
+        fds: Any = self.fds
+        fds = (fds,) if isinstance(fds, int) else tuple(fds)
+        for fd in fds:
+            if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+                raise ValueError(f"invalid fd {fd!r}: expected a descriptor >= 0")
+        if len(set(fds)) != len(fds):
+            raise ValueError(f"invalid fds {fds!r}: a descriptor given twice")
+        object.__setattr__(self, "fds", fds)
+        if fds and (self.unix or self.udp):
+            raise ValueError(
+                "fds: the server serves the sockets it is given; "
+                "unix and udp are for sockets it binds itself"
+            )
+
+    @property
+    def proxy_networks(
+        self,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """:attr:`trusted_proxies` as networks."""
+        return tuple(network(p) for p in self.trusted_proxies)
 
     @property
     def per_source_limit(self) -> int | None:
@@ -295,3 +375,7 @@ class ServerOptions(TypedDict, total=False):
     udp_rate: RateLimit
     udp_byte_rate: RateLimit
     udp_faults: UdpFaults | None
+    proxy_protocol: bool
+    trusted_proxies: Sequence[str]
+    proxy_header_timeout: float
+    fds: Sequence[int]

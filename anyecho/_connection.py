@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import ipaddress
 import logging
 import socket
 import ssl
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio
@@ -21,6 +23,7 @@ from ._echo import ByteCounts, echo
 from ._errors import describe
 from ._fastpath import adopt
 from ._logs import LogLimiter
+from ._proxy import ProxyHeader, ProxyHeaderError, parse
 from ._stats import ServerStats
 from ._wrap import StreamWrapper
 
@@ -43,11 +46,26 @@ class ConnectionState(ByteCounts):
     rest now and then, so timeouts cost nothing per chunk.
     """
 
-    __slots__ = ("fd", "opened_at", "scope", "seen", "since", "timed_out", "wire")
+    __slots__ = (
+        "fd",
+        "opened_at",
+        "peer",
+        "scope",
+        "seen",
+        "since",
+        "source",
+        "timed_out",
+        "wire",
+    )
 
-    def __init__(self, now: float, fd: int) -> None:
+    def __init__(self, now: float, fd: int, peer: Any = None) -> None:
         super().__init__()
         self.opened_at = now
+        #: the client's address (from the PROXY header, behind a proxy)
+        self.peer = peer
+        #: what to hand back to the admission when it ends: the source it is
+        #: counted under (``None``: its global slot only), or ``_NOTHING``
+        self.source: object = None
         #: the socket's descriptor, for the kernel's send queue
         self.fd = fd
         #: when progress was last seen, and how much there had been by then
@@ -106,6 +124,52 @@ class _Counted(StreamWrapper):
         self._counts.sent += len(item)
 
 
+class _Replay(StreamWrapper):
+    """A stream that first hands out bytes already read from it (those that came
+    with the PROXY header), then receives as usual."""
+
+    def __init__(self, stream: ByteStream, data: bytes) -> None:
+        super().__init__(stream)
+        self._data = data
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = self._data
+        if not data:
+            return await self.stream.receive(max_bytes)
+        await anyio.lowlevel.checkpoint()
+        self._data = data[max_bytes:]
+        return data[:max_bytes]
+
+
+#: The per-source bookkeeping is already settled: nothing to release at the end.
+_NOTHING: Final = object()
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _source_host(peer: Any) -> str | None:
+    """The address a per-source limit counts ``peer`` under (``None``: Unix)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]).removeprefix("::ffff:")
+    return None
+
+
+def trusted(peer: Any, networks: tuple[Network, ...]) -> bool:
+    """Whether ``peer`` (as ``accept()`` gave it) may send a PROXY header.
+
+    A Unix socket peer is on this machine, behind the socket file's permissions:
+    trusted. An IPv4-mapped IPv6 address is checked as the IPv4 address it is.
+    """
+    host = _source_host(peer)
+    if host is None:
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 class Connections:
     """Serves accepted sockets for one server: each in its own error boundary.
 
@@ -113,6 +177,8 @@ class Connections:
     :param stats: its counters
     :param released: called with a connection's source address once it ends
         (``None`` for a source not counted)
+    :param claim: counts a connection under the real client's address once its
+        PROXY header is read (see :meth:`anyecho._accept.Admission.claim`)
     """
 
     def __init__(
@@ -120,17 +186,34 @@ class Connections:
         config: ServerConfig,
         stats: ServerStats,
         released: Callable[[str | None], None],
+        claim: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.config = config
         self._stats = stats
         self._released = released
+        self._claim = claim
         self._open: set[ConnectionState] = set()
+        self._proxies: tuple[Network, ...] | None = (
+            config.proxy_networks if config.proxy_protocol else None
+        )
         self._log_tls_failed = LogLimiter(logger, logging.INFO, "failed TLS handshakes")
         self._log_failed = LogLimiter(logger, logging.ERROR, "handler failures")
+        self._log_proxy = LogLimiter(
+            logger, logging.WARNING, "connections ended for their PROXY header"
+        )
+
+    @property
+    def proxied(self) -> Callable[[Any], bool] | None:
+        """Whether a peer is a trusted proxy; ``None`` without proxy protocol."""
+        proxies = self._proxies
+        if proxies is None:
+            return None
+        return lambda peer: trusted(peer, proxies)
 
     def flush_logs(self) -> None:
         self._log_tls_failed.flush()
         self._log_failed.flush()
+        self._log_proxy.flush()
 
     async def serve(self, client: socket.socket, peer: Any, source: str | None) -> None:
         """Serve one accepted socket. Whatever goes wrong ends this connection only.
@@ -139,11 +222,12 @@ class Connections:
         making its stream, the TLS handshake, the user's ``wrap_stream``, the
         echo, logging and closing. Only cancellation (a stop) leaves this task.
         """
-        state = ConnectionState(anyio.current_time(), client.fileno())
+        state = ConnectionState(anyio.current_time(), client.fileno(), peer)
         self._stats.opened(state)
         self._open.add(state)
         name = format_peer(peer)
         conn: ByteStream | None = None
+        state.source = source
         try:
             logger.debug("%s: connected", name)
             with CancelScope() as state.scope:
@@ -151,9 +235,15 @@ class Connections:
                     conn = stream = await adopt(client)
                     if isinstance(stream, _Progress):
                         state.wire = stream
+                    if self._proxies is not None:
+                        proxied, name = await self._behind_proxy(stream, state, name)
+                        if proxied is None:
+                            _reset(client)
+                            return
+                        conn = proxied
                     context = self.config.ssl_context
                     if context is not None:
-                        tls = await self._handshake(stream, context, name)
+                        tls = await self._handshake(conn, context, name)
                         if tls is None:
                             return
                         conn = tls
@@ -181,7 +271,9 @@ class Connections:
             # ran out) raises the cancellation once the stream is closed.
             self._open.discard(state)
             self._stats.closed(state)
-            self._released(source)
+            if state.source is not _NOTHING:
+                source = state.source if isinstance(state.source, str) else None
+                self._released(source)
             logger.debug(
                 "%s: closed, %d bytes in, %d bytes out, %.3fs",
                 name,
@@ -194,6 +286,72 @@ class Connections:
             else:
                 await _close(conn)
 
+    async def _behind_proxy(
+        self, stream: SocketStream, state: ConnectionState, name: str
+    ) -> tuple[ByteStream | None, str]:
+        """Read the PROXY header; count the connection under the real client.
+
+        :returns: the stream to serve (``None`` to end the connection), and the
+            connection's name for the logs
+        """
+        assert self._proxies is not None
+        if not trusted(state.peer, self._proxies):
+            # Ended at once: its bytes, header or not, are never looked at.
+            self._proxy_failed(name, "not a trusted proxy")
+            return None, name
+        proxied = await self._proxy_header(stream, name)
+        if proxied is None:
+            return None, name
+        header, rest = proxied
+        if header.source is not None:
+            state.peer = header.source
+            name = f"{format_peer(header.source)} via {name}"
+            logger.debug("%s: PROXY header read", name)
+        conn: ByteStream = _Replay(stream, rest) if rest else stream
+        host = _source_host(state.peer)
+        if host is None or self._claim is None:
+            return conn, name
+        state.source = _NOTHING  # the claim holds nothing until it succeeds
+        if not await self._claim(host):
+            return None, name
+        state.source = host
+        return conn, name
+
+    def _proxy_failed(self, name: str, reason: str) -> None:
+        self._stats.error("proxy")
+        self._log_proxy("%s: %s; closed", name, reason)
+
+    async def _proxy_header(
+        self, stream: ByteStream, name: str
+    ) -> tuple[ProxyHeader, bytes] | None:
+        """The PROXY header at the start of ``stream``, and the bytes that came
+        after it; ``None`` (counted and logged) if there is none in time, and
+        ``None`` (not an error) for a connection closed before its first byte.
+
+        Nothing of what was read is echoed when the header is bad: the
+        connection just ends.
+        """
+        timeout = self.config.proxy_header_timeout
+        buffer = bytearray()
+        reason = f"no PROXY header within {timeout:g}s"
+        with anyio.move_on_after(timeout):
+            try:
+                while (header := parse(buffer)) is None:
+                    buffer += await stream.receive(self.config.receive_size)
+            except ProxyHeaderError as exc:
+                reason = f"bad PROXY header ({exc})"
+            except EndOfStream:
+                if not buffer:
+                    # Connected and closed without a byte: a port check (as
+                    # AWS NLB and Kubernetes TCP probes make), nothing to echo.
+                    logger.debug("%s: closed before any PROXY header", name)
+                    return None
+                reason = "closed in the middle of its PROXY header"
+            else:
+                return header, bytes(buffer[header.length :])
+        self._proxy_failed(name, reason)
+        return None
+
     async def _echo(self, conn: ByteStream, state: ConnectionState) -> None:
         config = self.config
         wrap = config.wrap_stream
@@ -204,7 +362,7 @@ class Connections:
             await echo(wrap(_Counted(conn, state)), receive_size=config.receive_size)
 
     async def _handshake(
-        self, stream: SocketStream, context: ssl.SSLContext, name: str
+        self, stream: ByteStream, context: ssl.SSLContext, name: str
     ) -> TLSStream | None:
         """The TLS stream over ``stream``, or ``None`` (logged) if handshake fails."""
         timeout = self.config.tls_handshake_timeout
@@ -245,6 +403,15 @@ class Connections:
                     state.timed_out = True
                     if state.scope is not None:
                         state.scope.cancel()
+
+
+def _reset(client: socket.socket) -> None:
+    """Make closing ``client`` reset the connection."""
+    with contextlib.suppress(OSError):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
 async def _close(stream: ByteStream) -> None:

@@ -15,9 +15,18 @@ __all__ = ["ErrorKind", "ListenError", "describe"]
 #: - ``tls``: a failed TLS handshake;
 #: - ``timeout``: a connection closed as idle;
 #: - ``source-limit``: a connection reset at the per-source limit;
+#: - ``proxy``: a connection ended for its PROXY protocol header: from a source
+#:   not trusted, or a header that was malformed, cut short or late;
 #: - ``udp receive``: a receive error on a UDP socket (an ICMP error).
 ErrorKind = Literal[
-    "accept", "reset", "handler", "tls", "timeout", "source-limit", "udp receive"
+    "accept",
+    "reset",
+    "handler",
+    "tls",
+    "timeout",
+    "source-limit",
+    "proxy",
+    "udp receive",
 ]
 
 

@@ -70,9 +70,14 @@ class EchoServer:
         self.addresses: list[ListenAddress] = []
         self._stats = ServerStats()
         self._admission = Admission(
-            config.max_connections, config.per_source_limit, self._stats
+            config.max_connections,
+            config.per_source_limit,
+            self._stats,
+            deferred=config.proxy_protocol,
         )
-        self._connections = Connections(config, self._stats, self._admission.release)
+        self._connections = Connections(
+            config, self._stats, self._admission.release, self._admission.claim
+        )
         self._accept_scope: CancelScope | None = None
         self._connections_scope: CancelScope | None = None
         self._stop_requested: float | None = None
@@ -280,7 +285,12 @@ class EchoServer:
                         data=config.udp_byte_rate,
                     )
                     acceptors.start_soon(
-                        serve_udp, sock, guard, self._stats, self._udp_faults
+                        serve_udp,
+                        sock,
+                        guard,
+                        self._stats,
+                        self._udp_faults,
+                        self._connections.proxied,
                     )
 
     def _drain(self, connections: TaskGroup) -> None:
@@ -302,10 +312,21 @@ class EchoServer:
         list[tuple[socket.socket, ListenAddress]],
         list[tuple[socket.socket, ListenAddress]],
     ]:
-        """Bind every socket the config asks for; they close when ``stack`` does."""
+        """Bind every socket the config asks for; they close when ``stack`` does.
+
+        Given sockets (``fds``), it serves those and binds none.
+        """
         config = self.config
         streams: list[tuple[socket.socket, ListenAddress]] = []
         datagrams: list[tuple[socket.socket, ListenAddress]] = []
+        if config.fds:
+            tls = config.ssl_context is not None
+            for fd in config.fds:
+                sock, address = _sockets.inherit(fd, tls=tls)
+                stack.callback(_sockets.close, sock)
+                kind = datagrams if address.transport == "udp" else streams
+                kind.append((sock, address))
+            return streams, datagrams
         port = config.port
         if port is not None:
             transport: Transport = "tls" if config.ssl_context else "tcp"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,8 @@ __all__ = [
     "bind_inet",
     "bind_unix",
     "close",
+    "inherit",
+    "listen_fds",
     "resolve",
     "resolve_now",
 ]
@@ -227,3 +230,98 @@ def close(sock: socket.socket) -> None:
     if sock.fileno() >= 0:
         anyio.notify_closing(sock)
     sock.close()
+
+
+#: The first descriptor systemd passes (``SD_LISTEN_FDS_START``).
+LISTEN_FDS_START = 3
+
+
+def listen_fds(
+    environ: MutableMapping[str, str] | None = None, *, unset: bool = True
+) -> list[tuple[int, str]]:
+    """The sockets systemd passed this process, as ``sd_listen_fds(3)`` finds them.
+
+    ``LISTEN_FDS`` descriptors from 3 on, with their names from
+    ``LISTEN_FDNAMES`` (``unknown`` where none is given), when ``LISTEN_PID`` is
+    this process's id; none otherwise (the variables were meant for another
+    process). The variables are removed (``unset``), as ``sd_listen_fds(1)``
+    does, so that no child takes them for its own, and the descriptors are
+    marked close-on-exec.
+
+    :param environ: the environment to read (default: :data:`os.environ`)
+    :raises ValueError: when the variables are malformed
+    """
+    env = os.environ if environ is None else environ
+    pid, count, names = (
+        env.get(name) for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+    )
+    if unset:
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(name, None)
+    if pid is None or count is None:
+        return []
+    if not pid.strip().isdigit():
+        raise ValueError(f"invalid LISTEN_PID {pid!r}: expected a process id")
+    if int(pid) != os.getpid():
+        return []
+    if not count.strip().isdigit():
+        raise ValueError(f"invalid LISTEN_FDS {count!r}: expected a number")
+    fds = range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))
+    labels = names.split(":") if names else []
+    if labels and len(labels) != len(fds):
+        raise ValueError(
+            f"invalid LISTEN_FDNAMES {names!r}: {len(labels)} names "
+            f"for {len(fds)} descriptors"
+        )
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+    return [(fd, labels[i] if labels else "unknown") for i, fd in enumerate(fds)]
+
+
+def inherit(fd: int, *, tls: bool = False) -> tuple[socket.socket, ListenAddress]:
+    """A socket to serve for the listening socket ``fd``, and where it listens.
+
+    The socket is a duplicate of ``fd`` (which stays open and the caller's), so
+    closing it leaves ``fd`` alone. A TCP stream socket must listen (it is
+    served as TLS with ``tls``), a Unix stream socket too; a UDP socket must be
+    bound.
+
+    :raises ListenError: with a one-line message naming the descriptor, for a
+        descriptor that is not open, not a socket, or not one that can be served
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ListenError(exc.errno, f"fd {fd}: {reason}") from exc
+    try:
+        transport = _inherited_transport(fd, sock, tls)
+        sock.setblocking(False)
+        address = ListenAddress.of_socket(sock, transport)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, address
+
+
+def _inherited_transport(fd: int, sock: socket.socket, tls: bool) -> Transport:
+    family, kind = sock.family, sock.type
+    inet = family in (socket.AF_INET, socket.AF_INET6)
+    if kind == socket.SOCK_STREAM and (inet or family == socket.AF_UNIX):
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ListenError(
+                errno.EINVAL, f"fd {fd}: a stream socket that does not listen"
+            )
+        if family == socket.AF_UNIX:
+            return "unix"
+        return "tls" if tls else "tcp"
+    if kind == socket.SOCK_DGRAM and inet:
+        if sock.getsockname()[1] == 0:
+            raise ListenError(errno.EINVAL, f"fd {fd}: a UDP socket that is not bound")
+        return "udp"
+    raise ListenError(
+        errno.EINVAL,
+        f"fd {fd}: not a TCP, Unix stream or UDP socket ({family.name}, {kind.name})",
+    )

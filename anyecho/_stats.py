@@ -37,7 +37,9 @@ class StatsSnapshot:
         it), ``no-source-address`` (the system gave no address to answer),
         ``fault`` (dropped on purpose by a UDP ``drop`` impairment),
         ``hold-full`` (an impairment would have held more datagrams than
-        ``max_held``), ``stopped`` (held for an impairment when the server stopped)
+        ``max_held``), ``stopped`` (held for an impairment when the server
+        stopped); with the PROXY protocol on, ``untrusted-source`` (not from a
+        trusted proxy) and ``proxy-header`` (no valid header at its start)
     :param udp_faults_injected: UDP impairments injected, by kind (``drop``,
         ``duplicate``, ``reorder``, ``delay``, ``corrupt``), 0 for kinds not seen:
         see :class:`~anyecho.faults.UdpFaults`

@@ -10,6 +10,7 @@ address, both the packets and the bytes it sends back.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import itertools
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import anyio
 
 from ._config import RateLimit
+from ._proxy import ProxyHeaderError, parse
 from ._stats import ServerStats
 from ._udpfaults import UdpFaults
 
@@ -33,6 +35,7 @@ __all__ = [
     "RATE_LIMIT",
     "SEND_BUFFER_FULL",
     "SEND_ERROR",
+    "UNTRUSTED_SOURCE",
     "UDPFaultState",
     "UDPGuard",
 ]
@@ -49,6 +52,8 @@ NO_SOURCE_ADDRESS = "no-source-address"
 FAULT = "fault"
 HOLD_FULL = "hold-full"
 STOPPED = "stopped"
+UNTRUSTED_SOURCE = "untrusted-source"
+PROXY_HEADER = "proxy-header"
 
 #: The most bytes of datagrams held at once for delays and reordering, per socket.
 MAX_HELD_BYTES = 16 * 1024 * 1024
@@ -189,6 +194,7 @@ class _Responder:
         "_held_bytes",
         "_held_count",
         "_order",
+        "_proxied",
         "_reordered",
         "_sock",
         "_stats",
@@ -202,13 +208,16 @@ class _Responder:
         guard: UDPGuard,
         stats: ServerStats,
         clock: Callable[[], float],
+        *,
         faults: UDPFaultState | None = None,
+        proxied: Callable[[Any], bool] | None = None,
     ) -> None:
         self._sock = sock
         self._guard = guard
         self._stats = stats
         self._clock = clock
         self.faults = faults
+        self._proxied = proxied
         #: held datagrams by the time they are due: (due, order, datagram)
         self._due: list[tuple[float, int, _Held]] = []
         self._order = itertools.count()
@@ -221,13 +230,21 @@ class _Responder:
 
     def answer(self, data: bytes | memoryview, address: Any) -> None:
         stats = self._stats
-        size = len(data)
-        stats.bytes_received += size
         if not isinstance(address, tuple) or len(address) < 2:
+            stats.bytes_received += len(data)
             stats.drop_datagram(NO_SOURCE_ADDRESS)
-            logger.debug("udp: dropped %d bytes from %r (no address)", size, address)
+            logger.debug(
+                "udp: dropped %d bytes from %r (no address)", len(data), address
+            )
             return
         host, port = address[0], address[1]
+        if self._proxied is not None:
+            client = self._unwrap(data, address)
+            if client is None:
+                return
+            data, (host, port) = client
+        size = len(data)
+        stats.bytes_received += size
         reason = self._guard.check(host, port, size, self._clock())
         if reason is not None:
             stats.drop_datagram(reason)
@@ -240,6 +257,27 @@ class _Responder:
         self._send(data, address)
         if self._reordered:  # held back before the impairments were cleared
             self._release_after(address)
+
+    def _unwrap(
+        self, data: bytes | memoryview, address: Any
+    ) -> tuple[bytes | memoryview, tuple[str, int]] | None:
+        """The payload of a datagram behind a PROXY v2 header, and the client
+        the guard judges it by; ``None`` (counted) to drop it."""
+        assert self._proxied is not None
+        header = None
+        reason = UNTRUSTED_SOURCE
+        if self._proxied(address):
+            reason = PROXY_HEADER
+            with contextlib.suppress(ProxyHeaderError):
+                header = parse(data)  # None: cut short, as good as malformed
+        if header is None:
+            self._stats.bytes_received += len(data)
+            self._stats.drop_datagram(reason)
+            logger.debug("udp %s:%d: dropped (%s)", address[0], address[1], reason)
+            return None
+        source = header.source
+        client = source if isinstance(source, tuple) else (address[0], address[1])
+        return data[header.length :], client
 
     def _send(self, data: bytes | memoryview, address: Any, copies: int = 1) -> None:
         """Send one answer (and its duplicate), counting what became of it."""
@@ -412,6 +450,7 @@ async def serve_udp(
     guard: UDPGuard,
     stats: ServerStats,
     faults: UDPFaultState | None = None,
+    proxied: Callable[[Any], bool] | None = None,
 ) -> None:
     """Echo datagrams on ``sock`` until cancelled or the socket is closed.
 
@@ -427,9 +466,15 @@ async def serve_udp(
     :param faults: the impairments to apply, read for each datagram (see
         :class:`UDPFaultState`); a task beside the receive loop sends the
         datagrams they hold back
+    :param proxied: says whether a sender is a trusted proxy. With it, every
+        datagram must come from a trusted proxy and start with a PROXY header (v2
+        over ``DGRAM``, as the protocol defines it): the guard judges the client
+        it names, and the payload after it goes back to the proxy.
     """
     sock.setblocking(False)
-    responder = _Responder(sock, guard, stats, anyio.current_time, faults)
+    responder = _Responder(
+        sock, guard, stats, anyio.current_time, faults=faults, proxied=proxied
+    )
     if faults is None:
         await _receive(sock, responder, stats)
         return

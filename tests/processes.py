@@ -21,7 +21,7 @@ class ServerProcess:
 
     ``python_options`` go before ``-m`` (``-X importtime``, say); ``blocked``
     signals start blocked in the child, so that one sent at once is delivered at
-    the first moment the program unblocks it.
+    the first moment the program unblocks it; ``pass_fds`` stay open in it.
     """
 
     def __init__(
@@ -31,6 +31,7 @@ class ServerProcess:
         preexec_fn: Callable[[], None] | None = None,
         python_options: Sequence[str] = (),
         blocked: Collection[int] = (),
+        pass_fds: Collection[int] = (),
     ) -> None:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
@@ -42,6 +43,7 @@ class ServerProcess:
                 text=True,
                 env=env,
                 preexec_fn=preexec_fn,  # noqa: PLW1509 - only setrlimit, in tests
+                pass_fds=tuple(pass_fds),
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -103,7 +105,9 @@ def echo_once(port: int, payload: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def one_line_error(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+def one_line_error(
+    *args: str, env: dict[str, str] | None = None, pass_fds: Collection[int] = ()
+) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, "-m", "anyecho", *args],
         capture_output=True,
@@ -111,6 +115,7 @@ def one_line_error(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
         timeout=TIMEOUT,
         env=env,
         check=False,
+        pass_fds=tuple(pass_fds),
     )
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

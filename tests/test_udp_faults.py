@@ -537,7 +537,7 @@ def test_overtaken_reorders_leave_no_pile_of_deadlines() -> None:
     guard = UDPGuard(blocked_ports=frozenset(), packets=UNLIMITED, data=UNLIMITED)
     state = UDPFaultState(UdpFaults(reorder=0.5, reorder_hold=3600, seed=1))
     sock = RecordingSocket()
-    responder = _Responder(sock, guard, stats, lambda: 0.0, state)
+    responder = _Responder(sock, guard, stats, lambda: 0.0, faults=state)
     for seq in range(20_000):
         responder.answer(payload(seq), ("127.0.0.1", 40000))
     assert len(responder._due) < 200  # of some 10,000 reorders

@@ -280,3 +280,62 @@ def require_module(module: str, backend: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+# --- PROXY protocol headers, as a load balancer sends them ----------------------------
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(
+    source: tuple[str, int] | None, destination: tuple[str, int] = ("127.0.0.1", 7)
+) -> bytes:
+    """A v1 header: ``TCP4``/``TCP6`` from ``source``, or ``UNKNOWN`` for ``None``."""
+    if source is None:
+        return b"PROXY UNKNOWN\r\n"
+    family = "TCP6" if ":" in source[0] else "TCP4"
+    line = f"PROXY {family} {source[0]} {destination[0]} {source[1]} {destination[1]}"
+    return line.encode() + b"\r\n"
+
+
+def proxy_v2(
+    source: tuple[str, int] | str | None,
+    destination: tuple[str, int] | str = ("127.0.0.1", 7),
+    *,
+    local: bool = False,
+    tlvs: bytes = b"",
+    datagram: bool = False,
+) -> bytes:
+    """A v2 header: ``PROXY`` from ``source`` (IPv4, IPv6, a Unix path, or
+    ``None`` for ``UNSPEC``), or ``LOCAL``; ``tlvs`` are appended as they are."""
+    import ipaddress
+
+    command = 0x20 if local else 0x21
+    kind = 0x02 if datagram else 0x01
+    if source is None:
+        family, block = 0x00, b""
+        kind = 0
+    elif isinstance(source, str):
+        assert isinstance(destination, str)
+        family = 0x30
+        block = source.encode().ljust(108, b"\0") + destination.encode().ljust(
+            108, b"\0"
+        )
+    else:
+        assert isinstance(destination, tuple)
+        src = ipaddress.ip_address(source[0])
+        dst = ipaddress.ip_address(destination[0])
+        family = 0x10 if src.version == 4 else 0x20
+        block = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
+    body = block + tlvs
+    return (
+        PROXY_V2_SIGNATURE
+        + bytes([command, family | kind])
+        + struct.pack("!H", len(body))
+        + body
+    )
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    """One v2 TLV (type, length, value)."""
+    return struct.pack("!BH", kind, len(value)) + value

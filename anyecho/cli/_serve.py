@@ -27,9 +27,11 @@ from .._args import (
     byte_size,
     count,
     count_or_auto,
+    descriptor,
     file_mode,
     format_size,
     host_name,
+    ip_network,
     port_number,
     port_set,
     positive_seconds,
@@ -75,6 +77,8 @@ DIRECT_SETTINGS = (
     "drain_timeout",
     "receive_size",
     "udp_blocked_ports",
+    "proxy_protocol",
+    "proxy_header_timeout",
 )
 
 
@@ -136,6 +140,18 @@ def add_parser(subparsers: Any) -> None:
         "is replaced, one a live server holds is an error; removed on exit",
     )
     where.add_argument(
+        "--fd",
+        dest="fds",
+        action="append",
+        type=descriptor,
+        default=[],
+        metavar="N",
+        help="serve the listening socket open on this file descriptor (TCP, "
+        "Unix or UDP), given by a supervisor, instead of binding any; "
+        "repeatable. Sockets passed by systemd socket activation (LISTEN_FDS) "
+        "are served the same way, without this option",
+    )
+    where.add_argument(
         "--unix-mode",
         dest="unix_mode",
         type=file_mode,
@@ -174,6 +190,36 @@ def add_parser(subparsers: Any) -> None:
         default=default["tls_handshake_timeout"],
         metavar="SECONDS",
         help="time a client has to complete the handshake (default: %(default)s)",
+    )
+
+    proxy = parser.add_argument_group(
+        "behind a load balancer (PROXY protocol v1 and v2)"
+    )
+    proxy.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=default["proxy_protocol"],
+        help="read the PROXY header a load balancer sends first (HAProxy "
+        "send-proxy/send-proxy-v2, Envoy, AWS NLB), so that logs, the "
+        "per-source limit and the UDP guard see the real client; only "
+        "--trusted-proxy sources (and Unix socket peers) may connect then",
+    )
+    proxy.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        type=ip_network,
+        default=[],
+        metavar="CIDR",
+        help="a network (or address) of proxies allowed to send the header, "
+        "such as 10.0.0.0/8; repeatable; required with --proxy-protocol",
+    )
+    proxy.add_argument(
+        "--proxy-header-timeout",
+        type=positive_seconds,
+        default=default["proxy_header_timeout"],
+        metavar="SECONDS",
+        help="time a proxy has to send the whole header (default: %(default)s)",
     )
 
     limits = parser.add_argument_group(
@@ -286,11 +332,45 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(command=serve_command, stop_signals=True)
 
 
+def _given_sockets(args: argparse.Namespace) -> tuple[int, ...]:
+    """The descriptors of the sockets to serve: ``--fd``, and those systemd
+    passed (read once; ``args.activated`` keeps their names for the log)."""
+    from .._sockets import inherit, listen_fds
+
+    args.activated = activated = listen_fds()
+    fds = (*args.fds, *(fd for fd, _ in activated))
+    if not fds:
+        return fds
+    given = "--fd" if args.fds else "socket activation (LISTEN_FDS)"
+    if args.host or args.port is not None or args.unix or args.udp:
+        raise ValueError(
+            f"{given}: the server serves the sockets it is given and binds "
+            "none; drop --host, --port, --unix and --udp"
+        )
+    for fd in fds:
+        try:
+            inherit(fd)[0].close()
+        except OSError as exc:
+            raise ValueError(str(exc)) from exc
+    return fds
+
+
+def _check_proxy_args(args: argparse.Namespace) -> None:
+    if args.proxy_protocol and not args.trusted_proxies:
+        raise ValueError(
+            "--proxy-protocol needs --trusted-proxy CIDR: the addresses of the "
+            "proxies allowed to send the header"
+        )
+    if args.trusted_proxies and not args.proxy_protocol:
+        raise ValueError("--trusted-proxy needs --proxy-protocol")
+
+
 def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerConfig:
     """The server settings the options describe (``ValueError`` if invalid)."""
     from .._config import RateLimit, ServerConfig
     from .._tls import tls_server_context
 
+    fds = _given_sockets(args)
     tcp = bool(args.host) or args.port is not None or not args.unix
     if args.udp and not tcp:
         raise ValueError("--udp needs TCP's --host/--port (it shares the TCP port)")
@@ -298,8 +378,9 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         raise ValueError("--tls-key needs --tls-cert")
     if args.tls_client_ca and not args.tls_cert:
         raise ValueError("--tls-client-ca needs --tls-cert")
-    if faults is not None and faults.udp is not None and not args.udp:
+    if faults is not None and faults.udp is not None and not (args.udp or fds):
         raise ValueError("the --udp-* impairments need --udp")
+    _check_proxy_args(args)
     settings: dict[str, Any] = {name: getattr(args, name) for name in DIRECT_SETTINGS}
     if args.host:
         settings["host"] = "*" if "*" in args.host else tuple(args.host)
@@ -313,6 +394,8 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
     return ServerConfig(
         **settings,
         unix=tuple(args.unix),
+        fds=fds,
+        trusted_proxies=tuple(args.trusted_proxies),
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
         wrap_stream=faults.stream_wrapper() if faults else None,
@@ -339,6 +422,8 @@ def serve_command(args: argparse.Namespace) -> int:
     except (BackendUnavailableError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     configure_logging(args.log_level, args.log_format)
+    for fd, name in args.activated:
+        logger.info("socket activation: serving fd %d (%s)", fd, name)
     if stop_requests.reasons:
         logger.info("%s: stopped before serving", stop_requests.reasons[0])
         return 0

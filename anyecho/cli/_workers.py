@@ -98,6 +98,8 @@ def check_workers(config: ServerConfig, count: int) -> None:
         )
     if config.unix:
         raise ValueError("--workers cannot share a Unix socket: drop --unix")
+    # Given sockets (--fd, socket activation) are shared: every worker accepts
+    # from the same ones.
 
 
 def reserve_port(
@@ -132,9 +134,11 @@ class _Worker:
 
 
 class _Supervisor:
-    def __init__(self, command: list[str], count: int) -> None:
+    def __init__(self, command: list[str], count: int, fds: Sequence[int] = ()) -> None:
         self.command = command
         self.count = count
+        #: listening sockets every worker is given (and serves)
+        self.fds = tuple(fds)
         self.workers: dict[int, _Worker] = {}  # by ready pipe
         self.deaths = dict.fromkeys(range(1, count + 1), 0)  # quick deaths per slot
         self.due: dict[int, float] = {}  # slot -> when to start its worker
@@ -174,7 +178,7 @@ class _Supervisor:
                 ],
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                pass_fds=(ready_end, self.lifeline),
+                pass_fds=(ready_end, self.lifeline, *self.fds),
             )
         except OSError as exc:
             os.close(ready)
@@ -302,8 +306,9 @@ class _Supervisor:
         return 1 if self.gave_up or self.unclean_exits else 0
 
 
-def supervise(worker_args: Sequence[str], count: int) -> int:
-    """Run ``count`` copies of ``anyecho serve WORKER_ARGS`` until stopped."""
+def supervise(worker_args: Sequence[str], count: int, fds: Sequence[int] = ()) -> int:
+    """Run ``count`` copies of ``anyecho serve WORKER_ARGS`` until stopped, each
+    given the descriptors ``fds``."""
     command = [sys.executable, "-m", "anyecho", "serve", *worker_args]
     logger.info(
         "starting %d worker%s (supervisor pid %d)",
@@ -312,11 +317,14 @@ def supervise(worker_args: Sequence[str], count: int) -> int:
         os.getpid(),
     )
     stop_requests.install()
-    return _Supervisor(command, count).run()
+    return _Supervisor(command, count, fds).run()
 
 
-def worker_argv(argv: Sequence[str], port: int) -> list[str]:
-    """The serve options for one worker: these, less --workers, on ``port``."""
+def worker_argv(
+    argv: Sequence[str], port: int | None, fds: Sequence[int] = ()
+) -> list[str]:
+    """The serve options for one worker: these, less --workers, on ``port``
+    (with ``SO_REUSEPORT``), or on the given sockets ``fds``."""
     kept: list[str] = []
     skip = False
     for arg in argv:
@@ -324,15 +332,24 @@ def worker_argv(argv: Sequence[str], port: int) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
-        if name in {"--workers", "--port"}:
+        if name in {"--workers", "--port", "--fd"}:
             skip = "=" not in arg
             continue
         kept.append(arg)
+    if fds:
+        return [*kept, *(f"--fd={fd}" for fd in fds)]
     return [*kept, "--port", str(port), "--reuse-port"]
 
 
 def supervise_serve(argv: Sequence[str], config: ServerConfig, count: int) -> int:
-    """``anyecho serve ARGV --workers COUNT``: the port held, the workers run."""
+    """``anyecho serve ARGV --workers COUNT``: the port held, the workers run.
+
+    With given sockets (``config.fds``) nothing is bound: each worker gets
+    them, and the kernel hands each connection to one of the workers
+    accepting from them.
+    """
+    if config.fds:
+        return supervise(worker_argv(argv, None, config.fds), count, config.fds)
     try:
         port, held = reserve_port(config.hosts, config.port or 0)
     except OSError as exc:
