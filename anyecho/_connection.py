@@ -180,14 +180,15 @@ class Connections:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
             self._open.discard(state)
-            self._stats.closed(state)
+            duration = anyio.current_time() - state.opened_at
+            self._stats.closed(state, duration)
             self._released(source)
             logger.debug(
                 "%s: closed, %d bytes in, %d bytes out, %.3fs",
                 name,
                 state.received,
                 state.sent,
-                anyio.current_time() - state.opened_at,
+                duration,
             )
             if conn is None:
                 client.close()
