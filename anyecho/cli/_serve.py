@@ -397,18 +397,16 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def check_metrics_extra() -> None:
     """Raise :exc:`ValueError` unless the ``metrics`` extra is installed."""
-    import importlib.util
+    import importlib
 
     for module in ("prometheus_client", "h11"):
         try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
+            importlib.import_module(module)
+        except ImportError as exc:
             raise ValueError(
                 f"--metrics needs the {module!r} package: "
                 "pip install 'anyecho[metrics]'"
-            )
+            ) from exc
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
