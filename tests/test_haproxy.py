@@ -316,7 +316,9 @@ async def test_haproxy_in_front_of_three_instances(
             async with anyio.create_task_group() as stopping:
                 logs: list[str] = []
 
-                async def stop(instance: Instance = instance, logs: list[str] = logs):
+                async def stop(
+                    instance: Instance = instance, logs: list[str] = logs
+                ) -> None:
                     logs.append(await anyio.to_thread.run_sync(instance.stop))
 
                 stopping.start_soon(stop)
