@@ -58,7 +58,8 @@ class DurationHistogram:
         more than ``bounds[i - 1]`` and at most ``bounds[i]`` seconds; the last
         one, longer than every bound
     :param sum: their total duration in seconds
-    :param bounds: the buckets' upper bounds, :data:`DURATION_BUCKETS`
+    :param bounds: the buckets' upper bounds, in seconds: the same for every
+        server (1 ms to 1 hour), so that counts add up
     """
 
     counts: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)

@@ -48,6 +48,7 @@ from ._stats import StatsSnapshot
 
 __all__ = [
     "DEFAULT_METRICS_PORT",
+    "HTTPLimits",
     "StatsCollector",
     "collector",
     "metrics_text",
@@ -57,13 +58,10 @@ __all__ = [
 
 logger = logging.getLogger("anyecho")
 
-#: The port ``serve_metrics`` (and ``anyecho serve --metrics HOST`` without one)
-#: listens on.
+#: The port :func:`serve_metrics` listens on unless told otherwise (a common one
+#: for exporters; ``anyecho serve --metrics`` always takes a port).
 DEFAULT_METRICS_PORT: Final = 9100
 
-#: Where the counters come from: a server, or a function returning a snapshot
-#: (the supervisor of several workers adds theirs up).
-StatsSource = EchoServer | Callable[[], StatsSnapshot]
 
 #: Counters read from one attribute of a snapshot: (name without ``_total``,
 #: help, attribute, unit). One line per counter.
@@ -122,7 +120,9 @@ _LABELLED: Final = (
 )
 
 
-def _snapshot_function(source: StatsSource) -> Callable[[], StatsSnapshot]:
+def _snapshot_function(
+    source: EchoServer | Callable[[], StatsSnapshot],
+) -> Callable[[], StatsSnapshot]:
     if isinstance(source, EchoServer):
         server = source
         return lambda: server.stats
@@ -194,14 +194,14 @@ class StatsCollector(Collector):
         :class:`~anyecho.StatsSnapshot`
     """
 
-    def __init__(self, source: StatsSource) -> None:
+    def __init__(self, source: EchoServer | Callable[[], StatsSnapshot]) -> None:
         self._snapshot = _snapshot_function(source)
 
     def collect(self) -> Iterable[Metric]:
         return families(self._snapshot())
 
 
-def collector(server: StatsSource) -> StatsCollector:
+def collector(server: EchoServer | Callable[[], StatsSnapshot]) -> StatsCollector:
     """A :class:`StatsCollector` of ``server``.
 
     .. code-block:: python
@@ -212,7 +212,8 @@ def collector(server: StatsSource) -> StatsCollector:
 
 
 def registry(
-    source: StatsSource, collectors: Sequence[Collector] = ()
+    source: EchoServer | Callable[[], StatsSnapshot],
+    collectors: Sequence[Collector] = (),
 ) -> CollectorRegistry:
     """A registry holding ``source``'s collector (and ``collectors``) only."""
     result = CollectorRegistry(auto_describe=False)
@@ -222,13 +223,13 @@ def registry(
     return result
 
 
-def metrics_text(server: StatsSource) -> str:
+def metrics_text(server: EchoServer | Callable[[], StatsSnapshot]) -> str:
     """``server``'s metrics in the Prometheus text exposition format, now."""
     return generate_latest(registry(server)).decode()
 
 
 async def serve_metrics(
-    server: StatsSource,
+    server: EchoServer | Callable[[], StatsSnapshot],
     *,
     host: str | Sequence[str] | None = DEFAULT_HOST,
     port: int = DEFAULT_METRICS_PORT,
@@ -253,8 +254,8 @@ async def serve_metrics(
     :param limits: what one peer may make the endpoint hold
     :raises anyecho.ListenError: when the port cannot be bound
 
-    With ``await task_group.start(serve_metrics, server, port=0)`` the call
-    returns the addresses once it listens.
+    With ``await task_group.start(functools.partial(serve_metrics, server,
+    port=0))`` the call returns the addresses once it listens.
     """
     snapshot = _snapshot_function(server)
     metrics_registry = registry(snapshot, collectors)
