@@ -22,9 +22,10 @@ import anyio
 import pytest
 
 import anyecho
-from anyecho import ListenAddress, RateLimit
-from anyecho._http import HTTPLimits
-from anyecho.metrics import metrics_text, serve_metrics
+from anyecho import ByteCounts, ListenAddress, RateLimit, StatsSnapshot
+from anyecho._stats import ServerStats, combine
+from anyecho.cli._workers import worker_argv
+from anyecho.metrics import HTTPLimits, metrics_text, serve_metrics
 from anyecho.testing import serving
 
 from .processes import ServerProcess, echo_once, one_line_error
@@ -427,3 +428,53 @@ def test_one_endpoint_adds_up_the_workers(
     status, stderr = server.finish()
     assert status == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_sigterm_makes_healthz_503_while_connections_drain(
+    run: type[ServerProcess],
+) -> None:
+    server = run("serve", "--port", "0", "--metrics", "0", "--drain-timeout", "60")
+    url = f"http://127.0.0.1:{int(server.wait_for(METRICS_LINE).group(1))}"
+    port = server.wait_port()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as held:
+        held.sendall(b"held")
+        assert held.recv(4) == b"held"
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for(r"stopped accepting; 1 connection\(s\) may finish")
+        assert http_get_now(f"{url}/healthz") == (503, "draining\n")
+        assert metric(http_get_now(f"{url}/metrics")[1], "anyecho_draining") == 1
+        held.sendall(b" still")
+        assert held.recv(6) == b" still"
+        held.shutdown(socket.SHUT_WR)
+        assert held.recv(1) == b""
+    status, stderr = server.finish()
+    assert status == 0, stderr
+
+
+def test_workers_leave_the_metrics_address_to_the_supervisor() -> None:
+    argv = worker_argv(["--metrics", "9100", "--metrics=9101", "--udp"], 4242)
+    assert argv == ["--udp", "--port", "4242", "--reuse-port"]
+
+
+def test_snapshots_travel_as_json_and_add_up() -> None:
+    stats = ServerStats()
+    counts = ByteCounts()
+    stats.opened(counts)
+    counts.received = counts.sent = 10
+    stats.closed(counts, 0.2)
+    stats.turned_away("source-limit")
+    stats.drop_datagram("rate-limit")
+    stats.set_state("serving")
+    snapshot = stats.snapshot()
+    assert StatsSnapshot.from_json(snapshot.to_json()) == snapshot
+    total = combine([snapshot, snapshot], "draining")
+    assert total.total_connections == 4
+    assert total.bytes_received == 20
+    assert total.refused_by_reason == {"source-limit": 2}
+    assert total.datagrams_dropped_by_reason == {"rate-limit": 2}
+    assert total.connection_durations.count == 2
+    assert dict(total.connection_durations.cumulative())[0.5] == 2
+    assert dict(total.connection_durations.cumulative())[0.1] == 0
+    assert total.state == "draining"
+    with pytest.raises(ValueError, match="malformed"):
+        StatsSnapshot.from_json('{"state": "serving"}')
