@@ -55,9 +55,9 @@ class HTTPLimits:
     :param max_headers: the most header fields in a request (431)
     :param max_body_bytes: the most bytes of a request body, which is read and
         dropped (413)
-    :param request_timeout: seconds a peer has to send a whole request, and the
-        longest an idle keep-alive connection stays open (408 if a request had
-        begun)
+    :param request_timeout: seconds a peer has to send a whole request (408
+        if it had begun one), the longest an idle keep-alive connection stays
+        open, and the time it has to take a response
     :param max_requests: requests served per connection before it closes
     """
 
@@ -240,8 +240,10 @@ async def handle(
                 if on_failure is not None:
                     on_failure(describe(exc))
                 response = Response(500, b"internal error\n")
-            await conn.respond(response, head_only=request.method == "HEAD")
-            if conn.h11.our_state is h11.MUST_CLOSE:
+            # A peer that does not read its responses does not hold its slot.
+            with anyio.move_on_after(limits.request_timeout) as sending:
+                await conn.respond(response, head_only=request.method == "HEAD")
+            if sending.cancelled_caught or conn.h11.our_state is h11.MUST_CLOSE:
                 break
             try:
                 conn.h11.start_next_cycle()
