@@ -64,7 +64,8 @@ DEFAULT_METRICS_PORT: Final = 9100
 
 
 #: Counters read from one attribute of a snapshot: (name without ``_total``,
-#: help, attribute, unit). One line per counter.
+#: help, attribute, unit). A count the snapshot gains (faults injected, say) is
+#: exported by one more entry here.
 _COUNTERS: Final = (
     (
         "anyecho_connections",

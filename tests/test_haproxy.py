@@ -246,7 +246,15 @@ async def client(port: int, payload: bytes, tally: Tally) -> None:
 
 
 @pytest.fixture
-def instances(run: type[ServerProcess], backend_name: str) -> list[Instance]:
+def haproxy_path() -> str:
+    """The haproxy program (the test skips, or under CI fails, without it)."""
+    return haproxy_binary()
+
+
+@pytest.fixture
+def instances(
+    haproxy_path: str, run: type[ServerProcess], backend_name: str
+) -> list[Instance]:
     started = [
         Instance(f"echo{n}", host, backend_name)
         for n, host in enumerate(INSTANCE_HOSTS, 1)
@@ -257,8 +265,10 @@ def instances(run: type[ServerProcess], backend_name: str) -> list[Instance]:
 
 
 @pytest.fixture
-def haproxy(tmp_path: Path, instances: list[Instance]) -> Iterator[HAProxy]:
-    balancer = HAProxy(haproxy_binary(), tmp_path, instances)
+def haproxy(
+    haproxy_path: str, tmp_path: Path, instances: list[Instance]
+) -> Iterator[HAProxy]:
+    balancer = HAProxy(haproxy_path, tmp_path, instances)
     try:
         yield balancer
     finally:
