@@ -20,13 +20,11 @@ Needs the ``metrics`` extra: ``pip install 'anyecho[metrics]'`` (the official
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, get_args
 
-import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 from prometheus_client.core import (
@@ -280,16 +278,28 @@ async def serve_metrics(
         hosts: tuple[str, ...] | None = None if host == EVERY_INTERFACE else (host,)
     else:
         hosts = None if host is None else tuple(host)
-    async with anyio.create_task_group() as tg:
-        addresses = await tg.start(
-            functools.partial(
-                serve_http, handle, hosts, port, limits=limits, name="metrics"
-            )
-        )
+    await serve_http(
+        handle,
+        hosts,
+        port,
+        limits=limits,
+        name="metrics",
+        task_status=_Started(task_status),
+    )
+
+
+class _Started(TaskStatus[list[ListenAddress]]):
+    """Logs where the endpoint listens, then passes the addresses on."""
+
+    def __init__(self, task_status: TaskStatus[list[ListenAddress]]) -> None:
+        self._task_status = task_status
+
+    def started(self, value: list[ListenAddress] | None = None) -> None:
+        addresses = value or []
         logger.info(
             "serving metrics on %s", ", ".join(f"{url(a)}/metrics" for a in addresses)
         )
-        task_status.started(addresses)
+        self._task_status.started(addresses)
 
 
 def url(address: ListenAddress) -> str:

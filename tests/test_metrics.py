@@ -330,10 +330,17 @@ def test_metrics_without_the_extra_is_a_usage_error(tmp_path: Path) -> None:
     assert "pip install 'anyecho[metrics]'" in line
 
 
-def test_metrics_address_in_use_is_one_line(run: type[ServerProcess]) -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one", "workers"])
+def test_metrics_address_in_use_is_one_line(
+    run: type[ServerProcess], workers: list[str]
+) -> None:
+    if workers and not sys.platform.startswith("linux"):
+        pytest.skip("--workers needs SO_REUSEPORT")
     first = run("serve", "--port", "0", "--metrics", "0")
     port = int(first.wait_for(METRICS_LINE).group(1))
-    status, line = one_line_error("serve", "--port", "0", "--metrics", str(port))
+    status, line = one_line_error(
+        "serve", "--port", "0", "--metrics", str(port), *workers
+    )
     assert status == 1
     assert f"127.0.0.1:{port}" in line
 

@@ -405,18 +405,23 @@ def supervise(
     in a thread of its own, from the counters the workers report.
     """
     command = [sys.executable, "-m", "anyecho", "serve", *worker_args]
-    logger.info(
-        "starting %d worker%s (supervisor pid %d)",
-        count,
-        "" if count == 1 else "s",
-        os.getpid(),
-    )
+
+    def starting() -> None:
+        logger.info(
+            "starting %d worker%s (supervisor pid %d)",
+            count,
+            "" if count == 1 else "s",
+            os.getpid(),
+        )
+
     stop_requests.install()
     if metrics is None:
+        starting()
         return _Supervisor(command, count).run()
     command += ["--report-interval", str(REPORT_INTERVAL)]
     totals = _Totals()
     with _serving_metrics(totals, backend, metrics):
+        starting()
         try:
             return _Supervisor(command, count, totals).run()
         finally:
