@@ -53,10 +53,12 @@ PAYLOAD = 256 * 1024
 CHUNK = 16 * 1024
 #: Clients streaming in a loop through the rolling restart.
 STREAMING_CLIENTS = 20
-#: How long an instance goes on accepting once it is not ready: a few of
-#: HAProxy's check intervals (100 ms), so that it is out before the listener
-#: closes.
-DRAIN_DELAY = "1"
+#: Clients of each instance that are half-way through when it is stopped.
+HELD = 2
+#: How long an instance goes on accepting once it is not ready: many of
+#: HAProxy's check intervals (100 ms; two failed checks take it out), so that
+#: it is out before the listener closes, even on a busy machine.
+DRAIN_DELAY = "2"
 
 CONNECTED = re.compile(r"anyecho\[\d+\]: (\S+):\d+: connected")
 
@@ -115,10 +117,19 @@ class Instance:
         assert status == 200, text
         return text
 
-    def stop(self) -> str:
-        """SIGTERM, and the whole of its log once it has exited (status 0)."""
+    def terminate(self) -> None:
         assert self.process is not None
         self.process.proc.send_signal(signal.SIGTERM)
+
+    def draining(self) -> int:
+        """Once its listeners have closed: the connections left to drain."""
+        assert self.process is not None
+        line = self.process.wait_for(r"stopped accepting; (\d+) connection")
+        return int(line[1])
+
+    def stopped(self) -> str:
+        """The whole of its log once it has exited (status 0)."""
+        assert self.process is not None
         status, stderr = self.process.finish()
         assert status == 0, stderr
         self.logs.append(stderr)
@@ -148,6 +159,9 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    # Without it a check times out after "inter" (100 ms): a busy instance
+    # would be taken out for being slow to answer, and with it every other.
+    timeout check 5s
 
 frontend echo
     bind 127.0.0.1:{self.port}
@@ -157,7 +171,7 @@ backend anyecho
     balance roundrobin
     option httpchk GET /healthz
     http-check expect status 200
-    default-server inter 100ms fastinter 100ms downinter 100ms rise 1 fall 1
+    default-server inter 100ms fastinter 100ms downinter 100ms rise 1 fall 2
 {servers}
 """
         )
@@ -245,6 +259,50 @@ async def client(port: int, payload: bytes, tally: Tally) -> None:
         tally.failures.append(f"{len(received)} of {len(payload)} bytes came back")
 
 
+@dataclass
+class Held:
+    """A client straight to one instance, stopped half-way through its payload."""
+
+    stream: anyio.abc.SocketStream
+    payload: bytes
+    received: bytearray
+
+    @classmethod
+    async def open(cls, instance: Instance, payload: bytes) -> Held:
+        stream = await anyio.connect_tcp(instance.host, instance.port)
+        if PROXY_PROTOCOL:  # a trusted source must send the header: as HAProxy
+            port = stream.extra(anyio.abc.SocketAttribute.local_port)
+            header = f"PROXY TCP4 {CLIENT_HOST} {instance.host} {port} {instance.port}"
+            await stream.send(header.encode() + b"\r\n")
+        half = len(payload) // 2
+        await stream.send(payload[:half])
+        received = bytearray()
+        while len(received) < half:
+            received += await stream.receive(half - len(received))
+        return cls(stream, payload, received)
+
+    async def finish(self, tally: Tally) -> None:
+        """The other half, half-close, and read to the end, during the drain."""
+        tally.clients += 1
+        tally.bytes_sent += len(self.payload)
+        try:
+            async with self.stream, anyio.create_task_group() as tg:
+
+                async def read() -> None:
+                    async for data in self.stream:
+                        self.received += data
+
+                tg.start_soon(read)
+                await self.stream.send(self.payload[len(self.payload) // 2 :])
+                await self.stream.send_eof()
+        except Exception as exc:
+            tally.failures.append(repr(exc))
+        tally.bytes_back += len(self.received)
+        if bytes(self.received) != self.payload:
+            tally.lost_bytes += len(self.payload) - len(self.received)
+            tally.failures.append("a held client lost bytes")
+
+
 @pytest.fixture
 def haproxy_path() -> str:
     """The haproxy program (the test skips, or under CI fails, without it)."""
@@ -319,40 +377,47 @@ async def test_haproxy_in_front_of_three_instances(
             await client(haproxy.port, payload, streaming)
 
     restart_logs: list[str] = []
+    held = Tally()
     async with anyio.create_task_group() as tg:
         for _ in range(STREAMING_CLIENTS):
             tg.start_soon(stream_in_a_loop)
         for instance in instances:
-            async with anyio.create_task_group() as stopping:
-                logs: list[str] = []
-
-                async def stop(
-                    instance: Instance = instance, logs: list[str] = logs
-                ) -> None:
-                    logs.append(await anyio.to_thread.run_sync(instance.stop))
-
-                stopping.start_soon(stop)
-                # Not ready at once: the balancer takes it out while it drains.
-                await haproxy.wait_states(**{instance.name: False})
-            restart_logs.extend(logs)
-            assert "not ready; accepting for" in logs[0]
-            assert "server stopped" in logs[0]
+            # Clients of this very instance, half-way through when it stops:
+            # they finish during the drain.
+            held_clients = [
+                await Held.open(instance, random_bytes(PAYLOAD)) for _ in range(HELD)
+            ]
+            instance.terminate()
+            # Not ready at once: the balancer takes it out; then the listeners
+            # close, and the held clients are still there.
+            await haproxy.wait_states(**{instance.name: False})
+            assert await anyio.to_thread.run_sync(instance.draining) >= HELD
+            for held_client in held_clients:
+                await held_client.finish(held)
+            log = await anyio.to_thread.run_sync(instance.stopped)
+            restart_logs.append(log)
+            assert "not ready; accepting for" in log
+            assert "server stopped" in log
             await anyio.to_thread.run_sync(instance.start, run)
             await haproxy.wait_states(**everyone_up)
         stop_streaming.set()
 
+    everything = (tally, streaming, held)
     figures = {
-        "clients": tally.clients + streaming.clients,
-        "bytes_sent": tally.bytes_sent + streaming.bytes_sent,
-        "bytes_back": tally.bytes_back + streaming.bytes_back,
-        "lost_bytes": tally.lost_bytes + streaming.lost_bytes,
-        "refused_connects": tally.refused + streaming.refused,
+        "clients": sum(t.clients for t in everything),
+        "bytes_sent": sum(t.bytes_sent for t in everything),
+        "bytes_back": sum(t.bytes_back for t in everything),
+        "lost_bytes": sum(t.lost_bytes for t in everything),
+        "refused_connects": sum(t.refused for t in everything),
         "restart_clients": streaming.clients,
         "restart_bytes": streaming.bytes_sent,
+        "drained_clients": held.clients,
     }
     (tmp_path / "figures.json").write_text(json.dumps(figures, indent=2))
     (tmp_path / "sample-scrape.txt").write_text(sample_scrape)
     print("haproxy figures:", json.dumps(figures))
+    assert held.failures == []
+    assert (held.clients, held.lost_bytes) == (HELD * len(instances), 0)
     assert streaming.failures == []
     assert streaming.refused == 0
     assert streaming.lost_bytes == 0
