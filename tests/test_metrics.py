@@ -387,6 +387,8 @@ def test_one_endpoint_adds_up_the_workers(
         backend_name,
         "--log-level",
         "debug",
+        "--drain-timeout",
+        "60",
     )
     url = f"http://127.0.0.1:{int(server.wait_for(METRICS_LINE).group(1))}"
     port = server.wait_port()
@@ -431,7 +433,15 @@ def test_one_endpoint_adds_up_the_workers(
     )
     assert metric(text, "anyecho_connections_total") == clients
     assert metric(text, "anyecho_received_bytes_total") == size
-    server.proc.send_signal(signal.SIGTERM)
+    # A stop: not ready at once, while a worker drains a connection.
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as held:
+        held.sendall(b"held")
+        assert held.recv(4) == b"held"
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for(r"stopped accepting; 1 connection\(s\) may finish")
+        assert http_get_now(f"{url}/healthz") == (503, "draining\n")
+        held.shutdown(socket.SHUT_WR)
+        assert held.recv(1) == b""
     status, stderr = server.finish()
     assert status == 0, stderr
     assert "Traceback" not in stderr
