@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._server import serve as serve
     from ._sockets import ListenAddress as ListenAddress
     from ._sockets import listen_fds as listen_fds
+    from ._stats import DurationHistogram as DurationHistogram
     from ._stats import StatsSnapshot as StatsSnapshot
     from ._tls import tls_server_context as tls_server_context
     from ._wrap import StreamWrapper as StreamWrapper
@@ -54,6 +55,7 @@ _LAZY = {
     "ListenError": "._errors",
     "serve": "._server",
     "StatsSnapshot": "._stats",
+    "DurationHistogram": "._stats",
     "tls_server_context": "._tls",
     "DEFAULT_UDP_BLOCKED_PORTS": "._config",
     "RateLimit": "._config",
@@ -105,6 +107,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "ByteCounts",
+    "DurationHistogram",
     "EchoServer",
     "Faults",
     "ListenAddress",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = [
+    "HOST_PORT_SYNTAX",
     "SIZE_SYNTAX",
     "backend_name",
     "byte_count",
@@ -33,7 +34,9 @@ __all__ = [
     "format_size",
     "fraction",
     "host_name",
+    "host_port",
     "ip_network",
+    "parse_host_port",
     "parse_number",
     "parse_port_set",
     "parse_size",
@@ -309,6 +312,40 @@ def descriptor(text: str) -> int:
             f"invalid fd {text!r}: expected a file descriptor number >= 0"
         )
     return int(text)
+
+
+#: How an address to listen on is written (``--metrics``): the wording of its help
+#: and errors.
+HOST_PORT_SYNTAX = "PORT, HOST:PORT or [IPv6]:PORT (HOST '*' for every interface)"
+
+_HOST_PORT = re.compile(r"\[([^\[\]]+)\]:(\d+)|([^:\[\]\s]+):(\d+)|(\d+)")
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Parse ``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` into a host and a port.
+
+    A port alone listens on loopback (:data:`anyecho.ServerConfig`'s default
+    host); ``*`` as the host is every interface, as for ``--host``.
+
+    :raises ValueError: with a one-line message
+    """
+    match = _HOST_PORT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid address {text!r}: expected {HOST_PORT_SYNTAX}")
+    bracketed, host, port_text = match[1], match[3], match[2] or match[4] or match[5]
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"invalid port {port_text!r} in {text!r}: expected 0 to 65535")
+    if bracketed is None and host is None:
+        from ._config import DEFAULT_HOST
+
+        return DEFAULT_HOST, port
+    return bracketed or host, port
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """An address to listen on, written as :data:`HOST_PORT_SYNTAX` says."""
+    return _argument(parse_host_port, text)
 
 
 def backend_name(text: str) -> str:

@@ -148,6 +148,12 @@ class ServerConfig:
         inject faults or observe traffic; ``echo`` itself never changes
     :param drain_timeout: on a graceful stop, how long open connections may take
         to finish before they are closed (seconds)
+    :param drain_delay: on a graceful stop, how long to go on accepting before
+        the listeners close (seconds), while :attr:`EchoServer.ready
+        <anyecho.EchoServer.ready>` is already false and ``/healthz`` answers 503:
+        time for a load balancer's health check to take the server out, so that
+        no client it sends meanwhile is refused. The drain (``drain_timeout``)
+        starts when the listeners close; a second stop skips what is left.
     :param unix: Unix socket paths to listen on as well. A stale socket file left by
         a dead server is replaced; a path a live server holds is an error. The file
         is removed when the server stops.
@@ -214,6 +220,7 @@ class ServerConfig:
     receive_size: int = RECEIVE_SIZE
     wrap_stream: WrapStream | None = None
     drain_timeout: float = 5.0
+    drain_delay: float = 0.0
     unix: Sequence[str] = ()
     unix_mode: int = 0o600
     ssl_context: ssl.SSLContext | None = None
@@ -283,6 +290,7 @@ class ServerConfig:
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
         object.__setattr__(self, "udp_faults", udp_faults_from(self.udp_faults))
+        check_number("drain_delay", self.drain_delay, allow_zero=True)
         self._check_proxy()
         self._check_fds()
 
@@ -362,6 +370,7 @@ class ServerOptions(TypedDict, total=False):
     receive_size: int
     wrap_stream: WrapStream | None
     drain_timeout: float
+    drain_delay: float
     unix: Sequence[str]
     unix_mode: int
     ssl_context: ssl.SSLContext | None

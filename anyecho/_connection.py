@@ -270,7 +270,8 @@ class Connections:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
             self._open.discard(state)
-            self._stats.closed(state)
+            duration = anyio.current_time() - state.opened_at
+            self._stats.closed(state, duration)
             if state.source is not _NOTHING:
                 source = state.source if isinstance(state.source, str) else None
                 self._released(source)
@@ -279,7 +280,7 @@ class Connections:
                 name,
                 state.received,
                 state.sent,
-                anyio.current_time() - state.opened_at,
+                duration,
             )
             if conn is None:
                 client.close()

@@ -31,7 +31,7 @@ from ._config import ServerConfig, ServerOptions
 from ._connection import Connections
 from ._memory import keep_freed_memory
 from ._sockets import ListenAddress, Transport
-from ._stats import ServerStats, StatsSnapshot
+from ._stats import ServerState, ServerStats, StatsSnapshot
 from ._udp import UDPFaultState, UDPGuard, serve_udp
 from ._udpfaults import UdpFaults, udp_faults_from
 
@@ -122,6 +122,18 @@ class EchoServer:
         await self._draining_event().wait()
 
     @property
+    def state(self) -> ServerState:
+        """``starting``, ``serving``, ``draining`` (a stop has begun) or
+        ``stopped``."""
+        return self._stats.state
+
+    @property
+    def ready(self) -> bool:
+        """Whether the server accepts new clients and wants them: listening, and
+        no stop begun. What ``/healthz`` reports (:mod:`anyecho.metrics`)."""
+        return self._stats.state == "serving"
+
+    @property
     def stats(self) -> StatsSnapshot:
         """The server's counters now (a snapshot; read it again for newer values)."""
         return self._stats.snapshot()
@@ -171,9 +183,11 @@ class EchoServer:
     def stop(self, grace: float | None = None) -> None:
         """Ask the server to stop; :meth:`serve` returns once it has.
 
-        It stops accepting at once and closes its listeners; open connections may
-        finish for up to ``grace`` seconds (default: the config's ``drain_timeout``)
-        and are then closed. Calling it again with a shorter grace shortens the
+        It is no longer :attr:`ready` from then on. It stops accepting and
+        closes its listeners at once, or after the config's ``drain_delay``;
+        open connections may then finish for up to ``grace`` seconds (default:
+        the config's ``drain_timeout``) and are then closed. Calling it again
+        skips what is left of the delay, and with a shorter grace shortens the
         wait; ``stop(0)`` closes every connection now. Safe to call before the
         server is ready (it then stops as soon as it starts) and more than once.
         Call it from the event loop thread that runs the server.
@@ -186,8 +200,20 @@ class EchoServer:
         if not first:  # a later stop may shorten the grace, never lengthen it
             grace = min(grace, cast(float, self._stop_requested))
         self._stop_requested = grace
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
+        if self._stats.state in ("starting", "serving"):
+            self._stats.set_state("draining")
+        scope = self._accept_scope
+        if scope is not None:
+            delay = self.config.drain_delay
+            if first and delay > 0:
+                logger.info(
+                    "not ready; accepting for %gs more, until load balancers "
+                    "have seen it",
+                    delay,
+                )
+                scope.deadline = min(scope.deadline, anyio.current_time() + delay)
+            else:
+                scope.cancel()
         if self._connections_scope is not None and not first:
             deadline = anyio.current_time() + grace
             scope = self._connections_scope
@@ -207,7 +233,10 @@ class EchoServer:
             that does not resolve, ...), with a message naming the address
         """
         with _single_exception():
-            await self._serve(task_status)
+            try:
+                await self._serve(task_status)
+            finally:
+                self._stats.set_state("stopped")
 
     async def _serve(self, task_status: TaskStatus[list[ListenAddress]]) -> None:
         config = self.config
@@ -266,6 +295,8 @@ class EchoServer:
         with CancelScope() as self._accept_scope:
             if self._stop_requested is not None:
                 self._accept_scope.cancel()
+            if self._stop_requested is None:
+                self._stats.set_state("serving")
             task_status.started(list(self.addresses))
             self._listening_event().set()
             async with create_task_group() as acceptors:

@@ -2,17 +2,84 @@
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import json
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, Final, Literal
 
 import anyio
 
 from ._echo import ByteCounts
 from ._errors import ErrorKind
 
-__all__ = ["ServerStats", "StatsSnapshot"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "DurationHistogram",
+    "ServerState",
+    "ServerStats",
+    "StatsSnapshot",
+    "combine",
+]
+
+#: Where a server is in its life: not listening yet, accepting, stopping (no
+#: longer ready: a load balancer should send no new clients, while the open
+#: connections finish), stopped.
+ServerState = Literal["starting", "serving", "draining", "stopped"]
+
+#: The upper bounds (seconds) of the connection duration histogram's buckets:
+#: fixed, so that every server and every worker counts into the same ones and
+#: their counts add up.
+DURATION_BUCKETS: Final = (
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """How long the closed connections lasted, in fixed buckets.
+
+    :param counts: connections per bucket, not cumulative: ``counts[i]`` lasted
+        more than ``bounds[i - 1]`` and at most ``bounds[i]`` seconds; the last
+        one, longer than every bound
+    :param sum: their total duration in seconds
+    :param bounds: the buckets' upper bounds, in seconds: the same for every
+        server (1 ms to 1 hour), so that counts add up
+    """
+
+    counts: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+    sum: float = 0.0
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+
+    @property
+    def count(self) -> int:
+        """The number of connections observed."""
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, connections at most that long)``, ending with infinity."""
+        total = 0
+        buckets = []
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            buckets.append((bound, total))
+        return buckets
 
 
 @dataclass(frozen=True)
@@ -45,6 +112,14 @@ class StatsSnapshot:
         see :class:`~anyecho.faults.UdpFaults`
     :param datagrams_held: UDP datagrams held right now for a delay or a reorder
         (neither echoed nor dropped yet)
+    :param refused_by_reason: stream connections accepted and closed at once,
+        without an echo, by reason: ``source-limit`` (reset past the per-source
+        limit with no room to wait), ``reset`` (a waiter whose peer had gone);
+        they count in :attr:`total_connections` and :attr:`errors` too
+    :param connection_durations: how long the closed connections lasted
+    :param state: ``starting`` (not listening yet), ``serving`` (accepting),
+        ``draining`` (a stop has begun: not ready for new clients while the
+        open connections finish) or ``stopped``
     """
 
     active_connections: int = 0
@@ -61,6 +136,56 @@ class StatsSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
     datagrams_held: int = 0
+    refused_by_reason: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    connection_durations: DurationHistogram = field(default_factory=DurationHistogram)
+    state: ServerState = "starting"
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections accepted and closed at once: the sum of
+        :attr:`refused_by_reason`."""
+        return sum(self.refused_by_reason.values())
+
+    def to_json(self) -> str:
+        """The snapshot as one line of JSON (:meth:`from_json` reads it back)."""
+        data: dict[str, Any] = {
+            name: getattr(self, name) for name in _PLAIN_FIELDS + _MAP_FIELDS
+        }
+        for name in _MAP_FIELDS:
+            data[name] = dict(data[name])
+        histogram = self.connection_durations
+        data["connection_durations"] = {
+            "counts": list(histogram.counts),
+            "sum": histogram.sum,
+            "bounds": list(histogram.bounds),
+        }
+        data["state"] = self.state
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> StatsSnapshot:
+        """A snapshot from :meth:`to_json`'s output (``ValueError`` if malformed)."""
+        try:
+            data = json.loads(text)
+            plain = {name: int(data[name]) for name in _PLAIN_FIELDS}
+            maps = {
+                name: MappingProxyType({str(k): int(v) for k, v in data[name].items()})
+                for name in _MAP_FIELDS
+            }
+            hist = data["connection_durations"]
+            histogram = DurationHistogram(
+                tuple(int(n) for n in hist["counts"]),
+                float(hist["sum"]),
+                tuple(float(b) for b in hist["bounds"]),
+            )
+            state = data["state"]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed stats snapshot: {exc}") from exc
+        if state not in _STATES or len(histogram.counts) != len(histogram.bounds) + 1:
+            raise ValueError("malformed stats snapshot")
+        return _make(plain, maps, histogram, state)
 
     def summary(self) -> str:
         """One line for a log, such as ``connections 3 active / 120 total, ...``."""
@@ -84,6 +209,66 @@ class StatsSnapshot:
         return f"{line}, errors: {errors or 'none'}"
 
 
+# The snapshot's counts and its counts by kind, as its fields declare them: what
+# travels from a worker to its supervisor and adds up across workers.
+_PLAIN_FIELDS: Final = tuple(
+    f.name for f in dataclasses.fields(StatsSnapshot) if f.type == "int"
+)
+_MAP_FIELDS: Final = tuple(
+    f.name for f in dataclasses.fields(StatsSnapshot) if f.type == "Mapping[str, int]"
+)
+_STATES: Final = ("starting", "serving", "draining", "stopped")
+
+
+def combine(
+    snapshots: Iterable[StatsSnapshot], state: ServerState = "serving"
+) -> StatsSnapshot:
+    """The sum of several servers' counters (the workers of one service).
+
+    Counts, maps and histograms add up; ``state`` is the service's own.
+    """
+    plain = dict.fromkeys(_PLAIN_FIELDS, 0)
+    maps: dict[str, Counter[str]] = {name: Counter() for name in _MAP_FIELDS}
+    counts = [0] * (len(DURATION_BUCKETS) + 1)
+    total = 0.0
+    for snapshot in snapshots:
+        for name in _PLAIN_FIELDS:
+            plain[name] += getattr(snapshot, name)
+        for name in _MAP_FIELDS:
+            maps[name].update(getattr(snapshot, name))
+        histogram = snapshot.connection_durations
+        if histogram.bounds == DURATION_BUCKETS:
+            counts = [a + b for a, b in zip(counts, histogram.counts, strict=True)]
+            total += histogram.sum
+    return _make(
+        plain,
+        {name: MappingProxyType(dict(c)) for name, c in maps.items()},
+        DurationHistogram(tuple(counts), total),
+        state,
+    )
+
+
+def _make(
+    plain: Mapping[str, int],
+    maps: Mapping[str, Mapping[str, int]],
+    histogram: DurationHistogram,
+    state: ServerState,
+) -> StatsSnapshot:
+    return StatsSnapshot(
+        active_connections=plain["active_connections"],
+        total_connections=plain["total_connections"],
+        bytes_received=plain["bytes_received"],
+        bytes_sent=plain["bytes_sent"],
+        datagrams_echoed=plain["datagrams_echoed"],
+        datagrams_dropped=plain["datagrams_dropped"],
+        errors=maps["errors"],
+        datagrams_dropped_by_reason=maps["datagrams_dropped_by_reason"],
+        refused_by_reason=maps["refused_by_reason"],
+        connection_durations=histogram,
+        state=state,
+    )
+
+
 class ServerStats:
     """Live counters of one server.
 
@@ -103,6 +288,11 @@ class ServerStats:
         self.udp_faults_injected: Counter[str] = Counter()
         #: UDP datagrams held for an impairment now
         self.datagrams_held = 0
+        self.refused_by_reason: Counter[str] = Counter()
+        #: the closed connections' durations: counts per bucket, and their sum
+        self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.state: ServerState = "starting"
         #: the open connections' own counters
         self.open: set[ByteCounts] = set()
         self._changed: anyio.Event | None = None
@@ -137,6 +327,7 @@ class ServerStats:
     def turned_away(self, kind: ErrorKind) -> None:
         """Count a connection accepted and closed at once, and why."""
         self.total_connections += 1
+        self.refused_by_reason[kind] += 1
         self.error(kind)
 
     def opened(self, counter: ByteCounts) -> None:
@@ -144,16 +335,24 @@ class ServerStats:
         self.open.add(counter)
         self.total_connections += 1
 
-    def closed(self, counter: ByteCounts) -> None:
+    def closed(self, counter: ByteCounts, duration: float = 0.0) -> None:
+        """Fold a connection's counts in, and its duration (seconds)."""
         self.open.discard(counter)
         self.bytes_received += counter.received
         self.bytes_sent += counter.sent
+        self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        self.duration_sum += duration
         self.changed()
 
     def drop_datagram(self, reason: str) -> None:
         """Count one datagram received and not answered, and why."""
         self.datagrams_dropped += 1
         self.datagrams_dropped_by_reason[reason] += 1
+        self.changed()
+
+    def set_state(self, state: ServerState) -> None:
+        self.state = state
+        self.changed()
 
     def udp_fault(self, kind: str) -> None:
         """Count one UDP impairment of ``kind`` (``drop``, ``duplicate``, ...)."""
@@ -175,4 +374,9 @@ class ServerStats:
             ),
             udp_faults_injected=MappingProxyType(Counter(self.udp_faults_injected)),
             datagrams_held=self.datagrams_held,
+            refused_by_reason=MappingProxyType(Counter(self.refused_by_reason)),
+            connection_durations=DurationHistogram(
+                tuple(self.duration_counts), self.duration_sum
+            ),
+            state=self.state,
         )

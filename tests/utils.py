@@ -10,6 +10,9 @@ import importlib.util
 import os
 import socket
 import struct
+import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -339,3 +342,82 @@ def proxy_v2(
 def tlv(kind: int, value: bytes) -> bytes:
     """One v2 TLV (type, length, value)."""
     return struct.pack("!BH", kind, len(value)) + value
+
+
+# --- HTTP: the metrics and health endpoint ------------------------------------------
+
+
+class HTTPReply:
+    """A response as the peer sent it: status, headers (lower-case names), body."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1]) if lines[0] else 0
+        self.headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines[1:])
+        }
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+async def http_exchange(address: ListenAddress, request: bytes) -> HTTPReply:
+    """Send ``request`` as it is, half-close, and read the reply to the end."""
+    async with await connect(address) as stream:
+        await stream.send(request)
+        await stream.send_eof()
+        return HTTPReply(await read_to_end(stream))
+
+
+async def http_get(
+    address: ListenAddress, path: str, method: str = "GET", *headers: str
+) -> HTTPReply:
+    """One HTTP/1.1 request with ``Connection: close``."""
+    head = "".join(f"{header}\r\n" for header in headers)
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{head}\r\n"
+    return await http_exchange(address, request.encode())
+
+
+def http_get_now(url: str) -> tuple[int, str]:
+    """``GET url`` with the standard library's client: status and body."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric_values(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition, parsed by ``prometheus_client``'s parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of an exposition (``KeyError`` if absent)."""
+    return metric_values(text)[name, frozenset(labels.items())]
+
+
+def wait_for_metrics(url: str, done: Callable[[str], bool]) -> str:
+    """Scrape ``url`` until ``done(exposition)``, within :data:`TIMEOUT`.
+
+    For servers in other processes (a supervisor's workers report every half
+    second): between scrapes the loop pauses for a poll interval.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        status, text = http_get_now(url)
+        if status == 200 and done(text):
+            return text
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} never matched; last scrape: {status} {text}")
+        time.sleep(0.05)

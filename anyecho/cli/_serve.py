@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
+import select
 import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._args import (
+    HOST_PORT_SYNTAX,
     SIZE_SYNTAX,
     backend_name,
     byte_rate,
@@ -31,6 +34,7 @@ from .._args import (
     file_mode,
     format_size,
     host_name,
+    host_port,
     ip_network,
     port_number,
     port_set,
@@ -75,6 +79,7 @@ DIRECT_SETTINGS = (
     "max_connections_per_source",
     "idle_timeout",
     "drain_timeout",
+    "drain_delay",
     "receive_size",
     "udp_blocked_ports",
     "proxy_protocol",
@@ -263,6 +268,16 @@ def add_parser(subparsers: Any) -> None:
         "once (default: %(default)s)",
     )
     limits.add_argument(
+        "--drain-delay",
+        type=seconds,
+        default=default["drain_delay"],
+        metavar="SECONDS",
+        help="on stop, report not ready (/healthz 503) at once but go on accepting "
+        "for this long before the listeners close, so that a load balancer's "
+        "health check takes the server out first; the drain follows "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
         "--udp-blocked-ports",
         type=port_set,
         default=blocked,
@@ -296,6 +311,19 @@ def add_parser(subparsers: Any) -> None:
         f"{format_size(default['receive_size'])})",
     )
 
+    observe = parser.add_argument_group("metrics and health")
+    observe.add_argument(
+        "--metrics",
+        type=host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics and a health "
+        "check at /healthz (200 while accepting, 503 while starting or "
+        f"draining); {HOST_PORT_SYNTAX}; a port alone is on loopback. With "
+        "--workers, one endpoint for them all. Off by default; needs the "
+        "'metrics' extra",
+    )
+
     run = parser.add_argument_group("running")
     run.add_argument(
         "--backend",
@@ -320,6 +348,11 @@ def add_parser(subparsers: Any) -> None:
     # and the pipe whose end means that the supervisor died.
     run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--supervisor-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # Set by the supervisor when it serves metrics: how often a worker sends its
+    # counters through the ready pipe.
+    run.add_argument(
+        "--report-interval", type=positive_seconds, default=None, help=argparse.SUPPRESS
+    )
     run.add_argument(
         "--stats-interval",
         type=positive_seconds,
@@ -419,6 +452,8 @@ def serve_command(args: argparse.Namespace) -> int:
             from ._workers import check_workers
 
             check_workers(config, args.workers)
+        if args.metrics is not None:
+            check_metrics_extra()
     except (BackendUnavailableError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     configure_logging(args.log_level, args.log_format)
@@ -433,13 +468,33 @@ def serve_command(args: argparse.Namespace) -> int:
         from ._workers import supervise_serve
 
         argv = sys.argv[2:] if args.argv is None else args.argv
-        return supervise_serve(argv, config, args.workers)
+        return supervise_serve(argv, config, args.workers, backend, args.metrics)
     from .._server import EchoServer
 
     server = EchoServer(config)
     return run_until_stopped(
-        backend, run_server, server, args.stats_interval, args.ready_fd
+        backend,
+        run_server,
+        server,
+        args.stats_interval,
+        args.ready_fd,
+        args.metrics,
+        args.report_interval,
     )
+
+
+def check_metrics_extra() -> None:
+    """Raise :exc:`ValueError` unless the ``metrics`` extra is installed."""
+    import importlib
+
+    for module in ("prometheus_client", "h11"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(
+                f"--metrics needs the {module!r} package: "
+                "pip install 'anyecho[metrics]'"
+            ) from exc
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
@@ -490,14 +545,35 @@ async def _stop_on_requests(server: EchoServer) -> None:
         stop_requests.drain()
 
 
-async def _report_listening(server: EchoServer, fd: int) -> None:
-    """Tell the supervisor, through its pipe, that this worker listens."""
+async def _report_to_supervisor(
+    server: EchoServer, fd: int, interval: float | None
+) -> None:
+    """Tell the supervisor, through its pipe, that this worker listens; then
+    send it the counters every ``interval`` seconds (for its metrics).
+
+    One line per message: ``L`` (listening), ``S`` and a snapshot as JSON. The
+    pipe does not block: a report the supervisor has no room for yet is
+    dropped (the next one carries every count), and never holds up the server.
+    """
+    import anyio
+
     try:
         await server.wait_listening()
     except RuntimeError:  # failed to start: serve() raises the cause
         return
+    os.set_blocking(fd, False)
     with contextlib.suppress(OSError):  # if the supervisor is gone, its pipe stops us
-        os.write(fd, b"L")
+        os.write(fd, b"L\n")
+    while interval is not None:
+        await anyio.sleep(interval)
+        _send_report(server, fd)
+
+
+def _send_report(server: EchoServer, fd: int) -> None:
+    message = b"S" + server.stats.to_json().encode() + b"\n"
+    if len(message) <= select.PIPE_BUF:  # written whole or not at all
+        with contextlib.suppress(OSError):
+            os.write(fd, message)
 
 
 async def _log_stats(server: EchoServer, interval: float) -> None:
@@ -512,25 +588,40 @@ async def run_server(
     server: EchoServer,
     stats_interval: float | None = None,
     ready_fd: int | None = None,
+    metrics: tuple[str, int] | None = None,
+    report_interval: float | None = None,
 ) -> None:
     """Run ``server`` until a stop request (the body of ``anyecho serve``).
 
-    Once the server has stopped, stop signals are ignored through the process's
-    exit: the stop is done, and a late signal must not change the exit status.
+    The metrics endpoint, if asked for, listens first (``/healthz`` says
+    ``starting`` until the server listens) and closes once the server has
+    stopped. Once the server has stopped, stop signals are ignored through the
+    process's exit: the stop is done, and a late signal must not change the
+    exit status.
     """
     import anyio
 
     stop_requests.install()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_requests, server)
+        if metrics is not None:
+            from ..metrics import serve_metrics
+
+            host, port = metrics
+            await tg.start(
+                functools.partial(serve_metrics, server, host=host, port=port)
+            )
         if ready_fd is not None:
-            tg.start_soon(_report_listening, server, ready_fd)
+            tg.start_soon(_report_to_supervisor, server, ready_fd, report_interval)
         if stats_interval:
             tg.start_soon(_log_stats, server, stats_interval)
         try:
             await server.serve()
         finally:
             stop_requests.ignore()
+        if ready_fd is not None and report_interval is not None:
+            os.set_blocking(ready_fd, True)  # the last counts must get through
+            _send_report(server, ready_fd)
         tg.cancel_scope.cancel()
 
 

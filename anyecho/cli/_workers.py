@@ -27,6 +27,8 @@ handler is installed; and no worker is started once a stop was requested.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import os
 import selectors
@@ -34,15 +36,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._signals import STOP_SIGNALS, stop_requests
+from .._stats import ServerState, StatsSnapshot, combine
 from ._exit import CommandError
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
+
+    from .._backends import Backend
     from .._config import ServerConfig
 
 __all__ = [
@@ -122,21 +130,70 @@ def reserve_port(
     return held[0].getsockname()[1], held
 
 
+#: How often each worker sends the supervisor its counters, when it serves
+#: metrics (seconds): a scrape is at most this old.
+REPORT_INTERVAL = 0.5
+#: The most bytes of unfinished report kept from a worker.
+_MAX_REPORT = 1 << 16
+
+
 @dataclass
 class _Worker:
     slot: int
     process: subprocess.Popen[bytes]
     ready: int  # read end of the pipe the worker reports listening on
     listening_since: float | None = None
+    #: what the worker sent that is not a whole line yet, and its last counters
+    pending: bytes = b""
+    stats: StatsSnapshot | None = None
 
     def describe(self) -> str:
         return f"worker {self.slot} (pid {self.process.pid})"
 
 
+class _Totals:
+    """The service's counters, summed over its workers, for the metrics thread.
+
+    Each worker's last report counts while it lives; when it exits, its last
+    report joins the totals of the workers gone (its open connections less: they
+    have closed), so that no counter ever goes down when a worker is replaced.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.gone = StatsSnapshot(state="stopped")
+        self.live: dict[int, StatsSnapshot] = {}  # by ready pipe
+        self.state: ServerState = "starting"
+        self.listening = 0
+        self.replaced = 0
+
+    def report(self, key: int, stats: StatsSnapshot) -> None:
+        with self.lock:
+            self.live[key] = stats
+
+    def retire(self, key: int) -> None:
+        with self.lock:
+            last = self.live.pop(key, None)
+            if last is not None:
+                last = dataclasses.replace(last, active_connections=0)
+                self.gone = combine([self.gone, last], "stopped")
+
+    def snapshot(self) -> StatsSnapshot:
+        with self.lock:
+            return combine([self.gone, *self.live.values()], self.state)
+
+
 class _Supervisor:
-    def __init__(self, command: list[str], count: int, fds: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        count: int,
+        totals: _Totals | None = None,
+        fds: Sequence[int] = (),
+    ) -> None:
         self.command = command
         self.count = count
+        self.totals = totals
         #: listening sockets every worker is given (and serves)
         self.fds = tuple(fds)
         self.workers: dict[int, _Worker] = {}  # by ready pipe
@@ -200,6 +257,7 @@ class _Supervisor:
             logger.info("%s: stopping all workers %s", reason, how)
             self.due.clear()
             self.signal_workers()
+            self.update_totals()
 
     def signal_workers(self) -> None:
         for worker in self.workers.values():
@@ -209,20 +267,54 @@ class _Supervisor:
 
     def on_readable(self, worker: _Worker) -> None:
         try:
-            data = os.read(worker.ready, 64)
+            data = os.read(worker.ready, _MAX_REPORT)
         except OSError:
             data = b""
         if data:
-            if worker.listening_since is None:
-                worker.listening_since = time.monotonic()
-                self.failed_starts = 0
-                logger.info("%s is listening", worker.describe())
+            lines = (worker.pending + data).split(b"\n")
+            worker.pending = lines.pop()
+            if len(worker.pending) > _MAX_REPORT:
+                worker.pending = b""
+            for line in lines:
+                self.on_message(worker, line)
             return
         # End of file: the worker has exited (or is exiting).
         self.selector.unregister(worker.ready)
         os.close(worker.ready)
         del self.workers[worker.ready]
+        if self.totals is not None:
+            self.totals.retire(worker.ready)
+        self.update_totals()
         self.reap(worker, worker.process.wait())
+
+    def on_message(self, worker: _Worker, line: bytes) -> None:
+        """One line from a worker: ``L`` (listening), or ``S`` and its counters."""
+        if line == b"L" and worker.listening_since is None:
+            worker.listening_since = time.monotonic()
+            self.failed_starts = 0
+            logger.info("%s is listening", worker.describe())
+            self.update_totals()
+        elif line.startswith(b"S") and self.totals is not None:
+            try:
+                stats = StatsSnapshot.from_json(line[1:])
+            except ValueError:
+                return
+            self.totals.report(worker.ready, stats)
+
+    def update_totals(self) -> None:
+        """The service's state, as the metrics thread reports it."""
+        totals = self.totals
+        if totals is None:
+            return
+        listening = sum(w.listening_since is not None for w in self.workers.values())
+        with totals.lock:
+            totals.listening = listening
+            if self.stopping:
+                totals.state = "draining"
+            elif listening:
+                totals.state = "serving"
+            else:
+                totals.state = "starting"
 
     def reap(self, worker: _Worker, code: int) -> None:
         if self.stopping:
@@ -264,6 +356,9 @@ class _Supervisor:
         self.replace(slot, what)
 
     def replace(self, slot: int, what: str) -> None:
+        if self.totals is not None:
+            with self.totals.lock:
+                self.totals.replaced += 1
         self.deaths[slot] += 1
         delay = restart_delay(self.deaths[slot])
         when = f" in {delay:g}s" if delay else ""
@@ -306,25 +401,109 @@ class _Supervisor:
         return 1 if self.gave_up or self.unclean_exits else 0
 
 
-def supervise(worker_args: Sequence[str], count: int, fds: Sequence[int] = ()) -> int:
+def supervise(
+    worker_args: Sequence[str],
+    count: int,
+    backend: Backend | None = None,
+    metrics: tuple[str, int] | None = None,
+    fds: Sequence[int] = (),
+) -> int:
     """Run ``count`` copies of ``anyecho serve WORKER_ARGS`` until stopped, each
-    given the descriptors ``fds``."""
+    given the descriptors ``fds``.
+
+    With ``metrics``, serve the whole service's metrics there, on ``backend``
+    in a thread of its own, from the counters the workers report.
+    """
     command = [sys.executable, "-m", "anyecho", "serve", *worker_args]
-    logger.info(
-        "starting %d worker%s (supervisor pid %d)",
-        count,
-        "" if count == 1 else "s",
-        os.getpid(),
-    )
+
+    def starting() -> None:
+        logger.info(
+            "starting %d worker%s (supervisor pid %d)",
+            count,
+            "" if count == 1 else "s",
+            os.getpid(),
+        )
+
     stop_requests.install()
-    return _Supervisor(command, count, fds).run()
+    if metrics is None:
+        starting()
+        return _Supervisor(command, count, fds=fds).run()
+    command += ["--report-interval", str(REPORT_INTERVAL)]
+    totals = _Totals()
+    with _serving_metrics(totals, backend, metrics):
+        starting()
+        try:
+            return _Supervisor(command, count, totals, fds).run()
+        finally:
+            with totals.lock:
+                totals.state = "stopped"
+
+
+@contextlib.contextmanager
+def _serving_metrics(
+    totals: _Totals, backend: Backend | None, address: tuple[str, int]
+) -> Iterator[None]:
+    """Serve the service's metrics from a thread (an event loop of its own)."""
+    from anyio.from_thread import start_blocking_portal
+
+    from ..metrics import serve_metrics
+
+    name, options = (
+        ("asyncio", {})
+        if backend is None
+        else (
+            backend.anyio_backend,
+            backend.options,
+        )
+    )
+    host, port = address
+    serve = functools.partial(
+        serve_metrics,
+        totals.snapshot,
+        host=host,
+        port=port,
+        collectors=[_workers_collector(totals)],
+    )
+    with start_blocking_portal(name, options) as portal:
+        try:
+            future, _ = portal.start_task(serve)
+        except OSError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            yield
+        finally:
+            future.cancel()
+
+
+def _workers_collector(totals: _Totals) -> Collector:
+    """The supervisor's own metrics: its workers."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+
+    class WorkersCollector(Collector):
+        def collect(self) -> Iterator[Metric]:
+            with totals.lock:
+                listening, replaced = totals.listening, totals.replaced
+            workers = GaugeMetricFamily(
+                "anyecho_workers", "Worker processes listening."
+            )
+            workers.add_metric([], listening)
+            yield workers
+            restarts = CounterMetricFamily(
+                "anyecho_worker_restarts", "Workers replaced after they exited."
+            )
+            restarts.add_metric([], replaced)
+            yield restarts
+
+    return WorkersCollector()
 
 
 def worker_argv(
     argv: Sequence[str], port: int | None, fds: Sequence[int] = ()
 ) -> list[str]:
-    """The serve options for one worker: these, less --workers, on ``port``
-    (with ``SO_REUSEPORT``), or on the given sockets ``fds``."""
+    """The serve options for one worker: these, less --workers and --metrics (the
+    supervisor's), on ``port`` (with ``SO_REUSEPORT``), or on the given sockets
+    ``fds``."""
     kept: list[str] = []
     skip = False
     for arg in argv:
@@ -332,7 +511,7 @@ def worker_argv(
             skip = False
             continue
         name = arg.split("=", 1)[0]
-        if name in {"--workers", "--port", "--fd"}:
+        if name in {"--workers", "--port", "--metrics", "--fd"}:
             skip = "=" not in arg
             continue
         kept.append(arg)
@@ -341,7 +520,13 @@ def worker_argv(
     return [*kept, "--port", str(port), "--reuse-port"]
 
 
-def supervise_serve(argv: Sequence[str], config: ServerConfig, count: int) -> int:
+def supervise_serve(
+    argv: Sequence[str],
+    config: ServerConfig,
+    count: int,
+    backend: Backend | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> int:
     """``anyecho serve ARGV --workers COUNT``: the port held, the workers run.
 
     With given sockets (``config.fds``) nothing is bound: each worker gets
@@ -349,13 +534,14 @@ def supervise_serve(argv: Sequence[str], config: ServerConfig, count: int) -> in
     accepting from them.
     """
     if config.fds:
-        return supervise(worker_argv(argv, None, config.fds), count, config.fds)
+        args = worker_argv(argv, None, config.fds)
+        return supervise(args, count, backend, metrics, config.fds)
     try:
         port, held = reserve_port(config.hosts, config.port or 0)
     except OSError as exc:
         raise CommandError(str(exc)) from exc
     try:
-        return supervise(worker_argv(argv, port), count)
+        return supervise(worker_argv(argv, port), count, backend, metrics)
     finally:
         for sock in held:
             sock.close()

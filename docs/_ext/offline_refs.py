@@ -38,6 +38,7 @@ PUBLIC_MODULES = (
     "anyecho.testing",
     "anyecho.faults",
     "anyecho.pytest_plugin",
+    "anyecho.metrics",
 )
 
 PYTHON = "https://docs.python.org/3/"
@@ -46,6 +47,7 @@ PYTHON = "https://docs.python.org/3/"
 SINGLE_PAGE = {
     "anyio": "https://anyio.readthedocs.io/en/stable/api.html",
     "trustme": "https://trustme.readthedocs.io/en/latest/",
+    "prometheus_client": "https://prometheus.github.io/client_python/collector/custom/",
 }
 
 #: Trio spreads its reference over pages; the objects anyecho mentions.
