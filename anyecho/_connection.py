@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import logging
 import socket
 import ssl
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio
@@ -23,6 +25,7 @@ from ._fastpath import adopt
 from ._logs import LogLimiter
 from ._stats import ServerStats
 from ._wrap import StreamWrapper
+from .faults._live import ConnectionFaults, FaultControl, hold, refuse
 
 __all__ = ["ConnectionState", "Connections"]
 
@@ -113,6 +116,7 @@ class Connections:
     :param stats: its counters
     :param released: called with a connection's source address once it ends
         (``None`` for a source not counted)
+    :param faults: the server's faults
     """
 
     def __init__(
@@ -120,8 +124,10 @@ class Connections:
         config: ServerConfig,
         stats: ServerStats,
         released: Callable[[str | None], None],
+        faults: FaultControl,
     ) -> None:
         self.config = config
+        self._faults = faults
         self._stats = stats
         self._released = released
         self._open: set[ConnectionState] = set()
@@ -137,17 +143,23 @@ class Connections:
 
         Everything done for the connection happens in here, inside one ``try``:
         making its stream, the TLS handshake, the user's ``wrap_stream``, the
-        echo, logging and closing. Only cancellation (a stop) leaves this task.
+        faults, the echo, logging and closing. Only cancellation (a stop) leaves
+        this task.
         """
         state = ConnectionState(anyio.current_time(), client.fileno())
         self._stats.opened(state)
         self._open.add(state)
+        faults = self._faults.join(state)
         name = format_peer(peer)
         conn: ByteStream | None = None
         try:
             logger.debug("%s: connected", name)
             with CancelScope() as state.scope:
-                try:
+                faults.scope = state.scope
+                async with self._boundary(name, faults):
+                    if faults.turned_away:
+                        await self._turn_away(client, faults, name)
+                        return
                     conn = stream = await adopt(client)
                     if isinstance(stream, _Progress):
                         state.wire = stream
@@ -157,28 +169,20 @@ class Connections:
                         if tls is None:
                             return
                         conn = tls
-                    await self._echo(conn, state)
-                except (
-                    BrokenResourceError,
-                    ClosedResourceError,
-                    EndOfStream,
-                    OSError,
-                ) as exc:
-                    self._stats.error("reset")
-                    logger.debug("%s: connection lost (%s)", name, describe(exc))
-                except Exception:
-                    self._stats.error("handler")
-                    self._log_failed(
-                        "%s: handler failed; closing this connection",
-                        name,
-                        exc_info=True,
-                    )
+                    await self._echo(conn, state, faults)
+            if faults.interrupted and conn is not None and not state.timed_out:
+                # Faults reached the connection: it goes on under them.
+                with CancelScope() as state.scope:
+                    faults.scope = state.scope
+                    async with self._boundary(name, faults):
+                        await self._echo_faulted(conn, state, faults)
             if state.timed_out:
                 self._stats.error("timeout")
                 logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
         finally:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
+            self._faults.leave(faults)
             self._open.discard(state)
             self._stats.closed(state)
             self._released(source)
@@ -194,14 +198,75 @@ class Connections:
             else:
                 await _close(conn)
 
-    async def _echo(self, conn: ByteStream, state: ConnectionState) -> None:
-        config = self.config
-        wrap = config.wrap_stream
-        if wrap is None:
-            await echo(conn, receive_size=config.receive_size, counts=state)
-        else:
-            # Count what passes on the wire, beneath the wrapper.
-            await echo(wrap(_Counted(conn, state)), receive_size=config.receive_size)
+    @contextlib.asynccontextmanager
+    async def _boundary(
+        self, name: str, faults: ConnectionFaults
+    ) -> AsyncIterator[None]:
+        """The error boundary of one connection: errors are counted and logged.
+
+        A connection lost after a fault cut it short is no error: the fault is
+        counted already.
+        """
+        try:
+            yield
+        except (BrokenResourceError, ClosedResourceError, EndOfStream, OSError) as exc:
+            if faults.cut is None:
+                self._stats.error("reset")
+            logger.debug("%s: connection lost (%s)", name, describe(exc))
+        except Exception:
+            self._stats.error("handler")
+            self._log_failed(
+                "%s: handler failed; closing this connection", name, exc_info=True
+            )
+
+    async def _turn_away(
+        self, client: socket.socket, faults: ConnectionFaults, name: str
+    ) -> None:
+        """The ``refuse`` and ``blackhole`` faults: never serve the connection."""
+        assert faults.faults is not None
+        if faults.faults.refuse:
+            self._faults.count("refuse")
+            logger.debug("%s: fault: refused (reset)", name)
+            refuse(client)
+            return
+        self._faults.count("blackhole")
+        logger.debug("%s: fault: blackhole", name)
+        client.setblocking(False)
+        await hold(client)
+
+    async def _echo(
+        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
+    ) -> None:
+        if self.config.wrap_stream is None and not (
+            self._faults.engaged or faults.needs_stream
+        ):
+            # No fault has ever shaped a stream: the plain echo, until faults
+            # reach it (which cancel it between two chunks, to go on below).
+            faults.echoing = True
+            if isinstance(conn, _Progress) and conn is state.wire:
+                faults.settled = functools.partial(_handed_over, state, conn)
+            await echo(conn, receive_size=self.config.receive_size, counts=state)
+            faults.echoing = False
+            return
+        await self._echo_faulted(conn, state, faults)
+
+    async def _echo_faulted(
+        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
+    ) -> None:
+        # Count what passes on the wire, beneath the wrapper and the faults.
+        counted = _Counted(conn, state)
+        faults.interrupted = False
+        if faults.cut is None:
+            wrap = self.config.wrap_stream
+            stream = counted if wrap is None else wrap(counted)
+            with CancelScope() as scope:
+                faults.scope = scope
+                await echo(faults.stream(stream), receive_size=self.config.receive_size)
+            faults.scope = state.scope
+            if not scope.cancelled_caught:
+                return
+        if faults.cut is not None:
+            await faults.finish_cut(counted)
 
     async def _handshake(
         self, stream: SocketStream, context: ssl.SSLContext, name: str
@@ -245,6 +310,17 @@ class Connections:
                     state.timed_out = True
                     if state.scope is not None:
                         state.scope.cancel()
+
+
+def _handed_over(state: ConnectionState, stream: object) -> bool:
+    """Whether every byte received was echoed, or handed to the kernel (or the
+    transport) by a send that has yet to return: cancelling the echo then loses
+    nothing. (A Trio send returns after a checkpoint, with its data sent; an
+    asyncio send waiting for the transport to drain has written its data.)"""
+    if state.received == state.sent:
+        return True
+    written = getattr(stream, "_written", None)
+    return written is not None and written == state.received
 
 
 async def _close(stream: ByteStream) -> None:

@@ -313,7 +313,7 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         unix=tuple(args.unix),
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
-        wrap_stream=faults.stream_wrapper() if faults else None,
+        faults=faults,
     )
 
 
