@@ -231,7 +231,8 @@ class ConnectionFaults:
     def __init__(self, control: FaultControl, counts: _Counts) -> None:
         self._control = control
         self._counts = counts
-        self._rng = random.Random()  # noqa: S311
+        #: draws this connection's random delays (made once faults apply)
+        self._rng: random.Random | None = None
         #: the connection's cancel scope, set by the server
         self.scope: CancelScope | None = None
         #: the plain echo runs (no LiveStream): a move cancels it at a receive
