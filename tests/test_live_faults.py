@@ -557,3 +557,29 @@ def test_server_only_faults_are_no_stream_wrapper() -> None:
     with pytest.raises(ValueError, match="refuse needs the server"):
         Faults(refuse=True).stream_wrapper()
     assert Faults(slow_close=1, read_delay=1).stream_wrapper() is not None
+
+
+async def test_faults_reach_a_connection_in_the_middle_of_a_send_losing_nothing() -> (
+    None
+):
+    payload = bytes(range(256)) * 16384  # 4 MiB: more than the socket buffers hold
+    with anyio.fail_after(TIMEOUT):
+        async with serving() as server, await server.connect() as client:
+            received = bytearray()
+
+            async def send() -> None:
+                await client.send(payload)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                # The echo has begun; the server is in the middle of it.
+                received += await client.receive()
+                server.set_faults(Faults(delay=0.01))
+                while len(received) < len(payload):
+                    received += await client.receive()
+            assert received == payload
+            await server.wait_stats(lambda s: s.faults_injected["delay"] == 1)
+            start = anyio.current_time()
+            await round_trip(client)
+            assert anyio.current_time() - start >= 0.01 - CLOCK_RESOLUTION
+    assert not server.stats.errors
