@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import logging
-import select
 import socket
 import ssl
 import struct
@@ -47,7 +45,16 @@ class ConnectionState(ByteCounts):
     rest now and then, so timeouts cost nothing per chunk.
     """
 
-    __slots__ = ("fd", "opened_at", "scope", "seen", "since", "timed_out", "wire")
+    __slots__ = (
+        "echoed",
+        "fd",
+        "opened_at",
+        "scope",
+        "seen",
+        "since",
+        "timed_out",
+        "wire",
+    )
 
     def __init__(self, now: float, fd: int) -> None:
         super().__init__()
@@ -62,6 +69,18 @@ class ConnectionState(ByteCounts):
         self.timed_out = False
         #: the socket stream, when it counts what the kernel took from its sends
         self.wire: _Progress | None = None
+        #: called once every byte received has been sent back, after :meth:`watch`
+        self.echoed: Callable[[], None] | None = None
+
+    def watch(self, echoed: Callable[[], None]) -> None:
+        """Call ``echoed`` as soon as every byte received has been sent back.
+
+        The echo is then between two chunks: cancelling it there loses nothing.
+        Until then (and only then) each chunk pays for a property: the class of
+        this object changes to :class:`_Watched` and back.
+        """
+        self.echoed = echoed
+        self.__class__ = _Watched
 
     def progress(self) -> int:
         """A figure that changes whenever a byte moves, either way.
@@ -73,6 +92,29 @@ class ConnectionState(ByteCounts):
         wire = self.wire
         written = self.sent if wire is None else wire.bytes_written()
         return self.received + written - _unread(self.fd)
+
+
+#: The storage of :attr:`ByteCounts.sent`, beneath :class:`_Watched`'s property.
+_SENT: Any = ByteCounts.__dict__["sent"]
+
+
+class _Watched(ConnectionState):
+    """A :class:`ConnectionState` that tells when the echo has caught up."""
+
+    __slots__ = ()
+
+    @property
+    def sent(self) -> int:
+        return int(_SENT.__get__(self))
+
+    @sent.setter
+    def sent(self, value: int) -> None:
+        _SENT.__set__(self, value)
+        if value == self.received:
+            self.__class__ = ConnectionState  # type: ignore[assignment]
+            echoed, self.echoed = self.echoed, None
+            if echoed is not None:
+                echoed()
 
 
 def _unread(fd: int) -> int:
@@ -244,8 +286,7 @@ class Connections:
             # No fault has ever shaped a stream: the plain echo, until faults
             # reach it (which cancel it between two chunks, to go on below).
             faults.echoing = True
-            if isinstance(conn, _Progress) and conn is state.wire:
-                faults.settled = functools.partial(_handed_over, state, conn)
+            faults.watch = state.watch
             await echo(conn, receive_size=self.config.receive_size, counts=state)
             faults.echoing = False
             return
@@ -311,46 +352,6 @@ class Connections:
                     state.timed_out = True
                     if state.scope is not None:
                         state.scope.cancel()
-
-
-def _handed_over(state: ConnectionState, stream: object) -> bool:
-    """Whether every byte received was echoed, or handed to the kernel (or the
-    transport) by a send that has yet to return: cancelling the echo then loses
-    nothing. (A Trio send returns after a checkpoint, with its data sent; an
-    asyncio send waiting for the transport to drain has written its data.)"""
-    if state.received == state.sent:
-        return True
-    written = getattr(stream, "_written", None)
-    if written is None:
-        return False
-    if written == state.received:
-        return True
-    # On Trio a send that went through waits in a shielded checkpoint before
-    # it counts its bytes, and a cancellation then waits for the next receive
-    # (before it reads): lossless. One still trying to send has a full send
-    # buffer; this one left the socket writable with little queued.
-    return (
-        type(stream).__name__ == "TrioStream"
-        and written == state.sent
-        and _sent_just_now(state.fd)
-    )
-
-
-def _sent_just_now(fd: int) -> bool:
-    """Whether a socket is writable with at most a quarter of its buffer queued."""
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        if not poller.poll(0):
-            return False
-        with socket.socket(fileno=fd) as sock:
-            try:
-                size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            finally:
-                sock.detach()
-    except OSError:
-        return False
-    return _unread(fd) <= size // 4
 
 
 async def _close(stream: ByteStream) -> None:

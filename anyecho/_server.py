@@ -154,7 +154,9 @@ class EchoServer:
           they opened), then for each new one.
         - **open connections**: for the stream faults (``delay``, ``jitter``,
           ``fragment``, ``throttle``, the ``read_*`` faults, ``slow_close``) from
-          their next chunk, and for the cut-offs (``close_after``,
+          their next chunk (on Trio, a connection that never had such faults
+          gets them once it has echoed its next chunk, unless the server started
+          with ``faults=Faults()``), and for the cut-offs (``close_after``,
           ``reset_after``, ``stall_after`` and their ``*_seconds`` forms),
           whose byte counts and clocks start at the change. A cut-off that is
           due at once (``reset_after=0``, ``close_after_seconds=0``) cuts every
@@ -250,6 +252,7 @@ class EchoServer:
                 self._listening_event().set()
                 raise
             self.addresses = [address for _, address in streams + datagrams]
+            self._faults.prompt_moves = current_backend_name() != "trio"
             faults = self._faults.faults
             if faults is not None:
                 logger.info("injecting faults: %s", faults.describe())

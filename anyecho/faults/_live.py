@@ -123,8 +123,11 @@ class FaultControl:
         self.gate._stats = stats
         self.faults: Faults | None = None
         #: the server wraps new connections in :class:`LiveStream`: faults that
-        #: shape the traffic have been set
-        self.engaged = False
+        #: shape the traffic have been set, or the server started with faults
+        self.engaged = faults is not None
+        #: cancelling an echo that waits in a receive loses nothing (asyncio;
+        #: not Trio): set by the server as it starts
+        self.prompt_moves = True
         self._chooser = random.Random()  # noqa: S311
         #: the open connections, in the order they opened
         self._open: dict[ConnectionFaults, None] = {}
@@ -237,7 +240,7 @@ class ConnectionFaults:
         "interrupted",
         "live",
         "scope",
-        "settled",
+        "watch",
     )
 
     def __init__(self, control: FaultControl, counts: _Counts) -> None:
@@ -249,9 +252,9 @@ class ConnectionFaults:
         self.scope: CancelScope | None = None
         #: the plain echo runs (no LiveStream): a move cancels it at a receive
         self.echoing = False
-        #: whether cancelling the plain echo now loses no byte (set by the
-        #: server, which knows its streams); default: every byte was echoed
-        self.settled: Callable[[], bool] = self._echoed
+        #: asks to be called back once the plain echo has sent back every byte
+        #: received (set by the server while the plain echo runs)
+        self.watch: Callable[[Callable[[], None]], None] | None = None
         #: the echo runs on a LiveStream
         self.live = False
         #: the echo was cancelled for a cut or a move onto LiveStream
@@ -286,10 +289,6 @@ class ConnectionFaults:
                 self.first_byte = cutoff
             else:
                 control.schedule(self, anyio.current_time() + cutoff[1], cutoff[0])
-
-    def _echoed(self) -> bool:
-        counts = self._counts
-        return counts.received == counts.sent
 
     @property
     def needs_stream(self) -> bool:
@@ -327,24 +326,37 @@ class ConnectionFaults:
         if not self.live and self.needs_stream:
             self.move()
 
-    def move(self) -> None:
+    def move(self, *, safe: bool = False) -> None:
         """Move the plain echo onto :class:`LiveStream`, between two chunks.
 
-        The echo waits in a receive when every byte received has been sent back:
-        cancelling it there loses nothing. In the middle of a send, it is tried
-        again a moment later.
+        On asyncio the echo waits in a receive when every byte received has
+        been sent back, and cancelling it there loses nothing: it moves now. On
+        Trio a receive may have taken a chunk that the echo has not counted yet
+        (a receive that went through returns after a checkpoint), so, as in the
+        middle of a send, it moves as soon as the echo has sent back the chunk
+        in hand, before its next receive takes anything.
         """
         if self.live or self.closed or self.cut is not None or not self.needs_stream:
             return
         if not self.echoing:
             return  # not started yet: it starts on a LiveStream
-        if self.settled() and self.scope is not None:
+        counts = self._counts
+        if self.scope is not None and (
+            safe or (counts.received == counts.sent and self._control.prompt_moves)
+        ):
             self.interrupted = True
             self.echoing = False
             self.scope.cancel()
+        elif self.watch is not None:
+            self.watch(self._move_now)  # once the chunk in hand is echoed
         else:
             deadline = anyio.current_time() + RECHECK
             self._control.schedule(self, deadline, "move")
+
+    def _move_now(self) -> None:
+        # Called by the echo's own task, right after a send: its next step is
+        # a receive, where the cancellation lands before it takes anything.
+        self.move(safe=True)
 
     def cut_now(self, mode: CutoffMode) -> None:
         """Cut the connection short now: close, reset or stall it."""
