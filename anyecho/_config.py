@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import math
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
-
-from anyio.abc import ByteStream
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+from ._args import DEFAULT_HOST, EVERY_INTERFACE, network
 from ._echo import RECEIVE_SIZE
 from ._udpfaults import UdpFaults, udp_faults_from
+from ._wrap import WrapStream
+from .faults import Faults
 
 __all__ = [
     "DEFAULT_HOST",
@@ -29,12 +29,6 @@ __all__ = [
     "ServerConfig",
     "ServerOptions",
 ]
-
-#: Where a server listens when no host is given: loopback, this machine only.
-DEFAULT_HOST = "127.0.0.1"
-
-#: The host that means every interface (as ``None`` does).
-EVERY_INTERFACE = "*"
 
 #: ``max_connections_per_source="auto"``: one source may hold this fraction of the
 #: global limit (1/N) but never fewer than the minimum (nor more than the global
@@ -47,7 +41,6 @@ AUTO_PER_SOURCE_UNLIMITED = 100
 #: privileged on most systems.)
 DEFAULT_PORT = 8888
 
-WrapStream = Callable[[ByteStream], ByteStream]
 
 #: Source ports never answered: 0 (not a real port), every well-known port (0-1023:
 #: echo 7, discard 9, daytime 13, qotd 17, chargen 19, time 37, DNS 53, NTP 123,
@@ -113,22 +106,6 @@ def check_number(
         raise ValueError(f"invalid {name} {value!r}: expected {expected}")
 
 
-def network(text: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A trusted proxy's network: ``10.0.0.0/8``, ``::1`` or ``192.0.2.7``.
-
-    Host bits are allowed (``10.1.2.3/8`` is ``10.0.0.0/8``).
-
-    :raises ValueError: with a one-line message
-    """
-    if isinstance(text, str):
-        with contextlib.suppress(ValueError):
-            return ipaddress.ip_network(text.strip(), strict=False)
-    raise ValueError(
-        f"invalid network {text!r}: expected an IP address or a CIDR "
-        "network such as 10.0.0.0/8"
-    )
-
-
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Everything a server needs to know, checked once when it is built.
@@ -146,6 +123,11 @@ class ServerConfig:
     :param receive_size: the most bytes the handler asks for per receive
     :param wrap_stream: applied to each connection's stream before it is echoed, to
         inject faults or observe traffic; ``echo`` itself never changes
+    :param faults: the faults to inject from the start
+        (:class:`~anyecho.faults.Faults`); change them while the server runs
+        with :meth:`~anyecho.EchoServer.set_faults`. They apply on top of
+        ``wrap_stream``, which sees the traffic as it goes to and from the
+        socket.
     :param drain_timeout: on a graceful stop, how long open connections may take
         to finish before they are closed (seconds)
     :param drain_delay: on a graceful stop, how long to go on accepting before
@@ -190,7 +172,7 @@ class ServerConfig:
         delay or corrupt a share of the datagrams (a
         :class:`~anyecho.faults.UdpFaults`, or a mapping of its fields); the
         server's :meth:`~anyecho.EchoServer.set_udp_faults` replaces them while
-        it runs
+        it runs. Unset, those of ``faults`` (its ``udp``) apply
     :param proxy_protocol: read a PROXY protocol header (v1 or v2, as HAProxy,
         Envoy or AWS NLB send) at the start of every stream connection, before
         TLS and the echo, so that the logs and the per-source limit see the
@@ -219,6 +201,7 @@ class ServerConfig:
     backlog: int = 4096
     receive_size: int = RECEIVE_SIZE
     wrap_stream: WrapStream | None = None
+    faults: Faults | None = None
     drain_timeout: float = 5.0
     drain_delay: float = 0.0
     unix: Sequence[str] = ()
@@ -265,6 +248,10 @@ class ServerConfig:
         elif not self.unix and not self.fds:
             raise ValueError("nothing to serve: no TCP port and no Unix socket")
         check_number("receive_size", self.receive_size, integer=True)
+        if self.faults is not None and not isinstance(self.faults, Faults):
+            raise ValueError(
+                f"invalid faults {self.faults!r}: expected an anyecho.Faults"
+            )
         check_number("backlog", self.backlog, integer=True)
         unix: Any = self.unix
         paths = (unix,) if isinstance(unix, str | os.PathLike) else tuple(unix)
@@ -289,7 +276,10 @@ class ServerConfig:
         check_number("idle_timeout", self.idle_timeout, allow_none=True)
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
-        object.__setattr__(self, "udp_faults", udp_faults_from(self.udp_faults))
+        udp_faults = udp_faults_from(self.udp_faults)
+        if udp_faults is None and self.faults is not None:
+            udp_faults = self.faults.udp  # Faults(udp=...) given as the faults
+        object.__setattr__(self, "udp_faults", udp_faults)
         check_number("drain_delay", self.drain_delay, allow_zero=True)
         self._check_proxy()
         self._check_fds()
@@ -369,6 +359,7 @@ class ServerOptions(TypedDict, total=False):
     backlog: int
     receive_size: int
     wrap_stream: WrapStream | None
+    faults: Faults | None
     drain_timeout: float
     drain_delay: float
     unix: Sequence[str]

@@ -10,7 +10,7 @@ import socket
 import ssl
 import struct
 import termios
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio
@@ -26,6 +26,7 @@ from ._logs import LogLimiter
 from ._proxy import ProxyHeader, ProxyHeaderError, parse
 from ._stats import ServerStats
 from ._wrap import StreamWrapper
+from .faults._live import ConnectionFaults, FaultControl, hold, refuse
 
 __all__ = ["ConnectionState", "Connections"]
 
@@ -47,6 +48,7 @@ class ConnectionState(ByteCounts):
     """
 
     __slots__ = (
+        "echoed",
         "fd",
         "opened_at",
         "peer",
@@ -76,6 +78,18 @@ class ConnectionState(ByteCounts):
         self.timed_out = False
         #: the socket stream, when it counts what the kernel took from its sends
         self.wire: _Progress | None = None
+        #: called once every byte received has been sent back, after :meth:`watch`
+        self.echoed: Callable[[], None] | None = None
+
+    def watch(self, echoed: Callable[[], None]) -> None:
+        """Call ``echoed`` as soon as every byte received has been sent back.
+
+        The echo is then between two chunks: cancelling it there loses nothing.
+        Until then (and only then) each chunk pays for a property: the class of
+        this object changes to :class:`_Watched` and back.
+        """
+        self.echoed = echoed
+        self.__class__ = _Watched
 
     def progress(self) -> int:
         """A figure that changes whenever a byte moves, either way.
@@ -87,6 +101,29 @@ class ConnectionState(ByteCounts):
         wire = self.wire
         written = self.sent if wire is None else wire.bytes_written()
         return self.received + written - _unread(self.fd)
+
+
+#: The storage of :attr:`ByteCounts.sent`, beneath :class:`_Watched`'s property.
+_SENT: Any = ByteCounts.__dict__["sent"]
+
+
+class _Watched(ConnectionState):
+    """A :class:`ConnectionState` that tells when the echo has caught up."""
+
+    __slots__ = ()
+
+    @property
+    def sent(self) -> int:
+        return int(_SENT.__get__(self))
+
+    @sent.setter
+    def sent(self, value: int) -> None:
+        _SENT.__set__(self, value)
+        if value == self.received:
+            self.__class__ = ConnectionState  # type: ignore[assignment]
+            echoed, self.echoed = self.echoed, None
+            if echoed is not None:
+                echoed()
 
 
 def _unread(fd: int) -> int:
@@ -177,6 +214,7 @@ class Connections:
     :param stats: its counters
     :param released: called with a connection's source address once it ends
         (``None`` for a source not counted)
+    :param faults: the server's faults
     :param claim: counts a connection under the real client's address once its
         PROXY header is read (see :meth:`anyecho._accept.Admission.claim`)
     """
@@ -186,9 +224,11 @@ class Connections:
         config: ServerConfig,
         stats: ServerStats,
         released: Callable[[str | None], None],
+        faults: FaultControl,
         claim: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.config = config
+        self._faults = faults
         self._stats = stats
         self._released = released
         self._claim = claim
@@ -220,18 +260,24 @@ class Connections:
 
         Everything done for the connection happens in here, inside one ``try``:
         making its stream, the TLS handshake, the user's ``wrap_stream``, the
-        echo, logging and closing. Only cancellation (a stop) leaves this task.
+        faults, the echo, logging and closing. Only cancellation (a stop) leaves
+        this task.
         """
         state = ConnectionState(anyio.current_time(), client.fileno(), peer)
         self._stats.opened(state)
         self._open.add(state)
+        faults = self._faults.join(state)
         name = format_peer(peer)
         conn: ByteStream | None = None
         state.source = source
         try:
             logger.debug("%s: connected", name)
             with CancelScope() as state.scope:
-                try:
+                faults.scope = state.scope
+                async with self._boundary(name, faults):
+                    if faults.turned_away:
+                        await self._turn_away(client, faults, name)
+                        return
                     conn = stream = await adopt(client)
                     if isinstance(stream, _Progress):
                         state.wire = stream
@@ -247,45 +293,43 @@ class Connections:
                         if tls is None:
                             return
                         conn = tls
-                    await self._echo(conn, state)
-                except (
-                    BrokenResourceError,
-                    ClosedResourceError,
-                    EndOfStream,
-                    OSError,
-                ) as exc:
-                    self._stats.error("reset")
-                    logger.debug("%s: connection lost (%s)", name, describe(exc))
-                except Exception:
-                    self._stats.error("handler")
-                    self._log_failed(
-                        "%s: handler failed; closing this connection",
-                        name,
-                        exc_info=True,
-                    )
+                    await self._echo(conn, state, faults)
+            if faults.interrupted and conn is not None and not state.timed_out:
+                # Faults reached the connection: it goes on under them.
+                with CancelScope() as state.scope:
+                    faults.scope = state.scope
+                    async with self._boundary(name, faults):
+                        await self._echo_faulted(conn, state, faults)
             if state.timed_out:
                 self._stats.error("timeout")
                 logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
         finally:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
-            self._open.discard(state)
-            duration = anyio.current_time() - state.opened_at
-            self._stats.closed(state, duration)
-            if state.source is not _NOTHING:
-                source = state.source if isinstance(state.source, str) else None
-                self._released(source)
-            logger.debug(
-                "%s: closed, %d bytes in, %d bytes out, %.3fs",
-                name,
-                state.received,
-                state.sent,
-                duration,
-            )
+            self._ended(state, faults, name)
             if conn is None:
                 client.close()
             else:
                 await _close(conn)
+
+    def _ended(
+        self, state: ConnectionState, faults: ConnectionFaults, name: str
+    ) -> None:
+        """Count a connection that ends, and give its slot back."""
+        self._faults.leave(faults)
+        self._open.discard(state)
+        duration = anyio.current_time() - state.opened_at
+        self._stats.closed(state, duration)
+        if state.source is not _NOTHING:
+            source = state.source if isinstance(state.source, str) else None
+            self._released(source)
+        logger.debug(
+            "%s: closed, %d bytes in, %d bytes out, %.3fs",
+            name,
+            state.received,
+            state.sent,
+            duration,
+        )
 
     async def _behind_proxy(
         self, stream: SocketStream, state: ConnectionState, name: str
@@ -353,14 +397,74 @@ class Connections:
         self._proxy_failed(name, reason)
         return None
 
-    async def _echo(self, conn: ByteStream, state: ConnectionState) -> None:
-        config = self.config
-        wrap = config.wrap_stream
-        if wrap is None:
-            await echo(conn, receive_size=config.receive_size, counts=state)
-        else:
-            # Count what passes on the wire, beneath the wrapper.
-            await echo(wrap(_Counted(conn, state)), receive_size=config.receive_size)
+    @contextlib.asynccontextmanager
+    async def _boundary(
+        self, name: str, faults: ConnectionFaults
+    ) -> AsyncIterator[None]:
+        """The error boundary of one connection: errors are counted and logged.
+
+        A connection lost after a fault cut it short is no error: the fault is
+        counted already.
+        """
+        try:
+            yield
+        except (BrokenResourceError, ClosedResourceError, EndOfStream, OSError) as exc:
+            if faults.cut is None:
+                self._stats.error("reset")
+            logger.debug("%s: connection lost (%s)", name, describe(exc))
+        except Exception:
+            self._stats.error("handler")
+            self._log_failed(
+                "%s: handler failed; closing this connection", name, exc_info=True
+            )
+
+    async def _turn_away(
+        self, client: socket.socket, faults: ConnectionFaults, name: str
+    ) -> None:
+        """The ``refuse`` and ``blackhole`` faults: never serve the connection."""
+        assert faults.faults is not None
+        if faults.faults.refuse:
+            self._faults.count("refuse")
+            logger.debug("%s: fault: refused (reset)", name)
+            refuse(client)
+            return
+        self._faults.count("blackhole")
+        logger.debug("%s: fault: blackhole", name)
+        client.setblocking(False)
+        await hold(client)
+
+    async def _echo(
+        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
+    ) -> None:
+        if self.config.wrap_stream is None and not (
+            self._faults.engaged or faults.needs_stream or faults.cut
+        ):
+            # No fault has ever shaped a stream: the plain echo, until faults
+            # reach it (which cancel it between two chunks, to go on below).
+            faults.echoing = True
+            faults.watch = state.watch
+            await echo(conn, receive_size=self.config.receive_size, counts=state)
+            faults.echoing = False
+            return
+        await self._echo_faulted(conn, state, faults)
+
+    async def _echo_faulted(
+        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
+    ) -> None:
+        # Count what passes on the wire, beneath the wrapper and the faults.
+        counted = _Counted(conn, state)
+        faults.interrupted = False
+        if faults.cut is None:
+            wrap = self.config.wrap_stream
+            stream = counted if wrap is None else wrap(counted)
+            with CancelScope() as scope:
+                faults.scope = scope
+                await echo(faults.stream(stream), receive_size=self.config.receive_size)
+            faults.scope = state.scope
+            if not scope.cancelled_caught:
+                return
+        if faults.cut is not None:
+            await faults.finish_cut(counted)
 
     async def _handshake(
         self, stream: ByteStream, context: ssl.SSLContext, name: str

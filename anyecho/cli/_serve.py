@@ -38,6 +38,7 @@ from .._args import (
     ip_network,
     port_number,
     port_set,
+    positive_count,
     positive_seconds,
     rate,
     seconds,
@@ -71,6 +72,7 @@ logger = logging.getLogger("anyecho")
 
 #: The settings whose option's value is the setting itself, under its name.
 DIRECT_SETTINGS = (
+    "backlog",
     "unix_mode",
     "udp",
     "reuse_port",
@@ -303,6 +305,14 @@ def add_parser(subparsers: Any) -> None:
         f"{format_size(int(byte_rate_limit.rate))})",
     )
     limits.add_argument(
+        "--backlog",
+        type=positive_count,
+        default=default["backlog"],
+        metavar="N",
+        help="the listen queue's length: connections the kernel completes "
+        "before the server accepts them (default: %(default)s)",
+    )
+    limits.add_argument(
         "--receive-size",
         type=byte_size,
         default=default["receive_size"],
@@ -431,8 +441,7 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         trusted_proxies=tuple(args.trusted_proxies),
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
-        wrap_stream=faults.stream_wrapper() if faults else None,
-        udp_faults=faults.udp if faults else None,
+        faults=faults,
     )
 
 
@@ -462,8 +471,6 @@ def serve_command(args: argparse.Namespace) -> int:
     if stop_requests.reasons:
         logger.info("%s: stopped before serving", stop_requests.reasons[0])
         return 0
-    if faults:
-        logger.info("injecting faults: %s", faults.describe())
     if args.workers:
         from ._workers import supervise_serve
 
