@@ -36,7 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import _udp
+from . import _udp, _udpfaults
 from ._config import DEFAULT_HOST, EVERY_INTERFACE
 from ._errors import ErrorKind
 from ._http import HTTPLimits, Request, Response, serve_http
@@ -107,6 +107,9 @@ _LABELLED: Final = (
             _udp.SEND_BUFFER_FULL,
             _udp.SEND_ERROR,
             _udp.NO_SOURCE_ADDRESS,
+            _udp.FAULT,
+            _udp.HOLD_FULL,
+            _udp.STOPPED,
         ),
     ),
     (
@@ -115,6 +118,20 @@ _LABELLED: Final = (
         "kind",
         "errors",
         get_args(ErrorKind),
+    ),
+    (
+        "anyecho_faults_injected",
+        "Faults injected on stream connections, by kind (none are errors).",
+        "kind",
+        "faults_injected",
+        (),
+    ),
+    (
+        "anyecho_udp_faults_injected",
+        "UDP impairments injected, by kind.",
+        "kind",
+        "udp_faults_injected",
+        _udpfaults.KINDS,
     ),
 )
 

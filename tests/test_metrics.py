@@ -146,6 +146,33 @@ async def test_tls_handshake_failures_are_counted(
 
 
 @pytest.mark.anyio
+async def test_injected_faults_are_counted_and_are_no_errors() -> None:
+    async with serving(
+        udp=True, udp_rate=RateLimit(1000, 1000), udp_byte_rate=RateLimit(1e6, 1e6)
+    ) as server:
+        async with await server.connect() as first, await server.connect() as second:
+            await round_trip(first, b"before")
+            await round_trip(second, b"before")
+            server.set_faults(anyecho.Faults(reset_after=0))  # both, at once
+            for stream in (first, second):
+                with pytest.raises(anyio.BrokenResourceError):
+                    await stream.receive()
+        server.set_udp_faults(anyecho.UdpFaults(drop=1))
+        async with await server.connect_udp() as udp:
+            await udp.send(b"lost")
+            with anyio.fail_after(TIMEOUT):
+                await server.wait_stats(lambda s: s.datagrams_dropped == 1)
+        with anyio.fail_after(TIMEOUT):
+            await server.wait_stats(lambda s: s.active_connections == 0)
+        text = metrics_text(server.server)
+    assert metric(text, "anyecho_faults_injected_total", kind="reset") == 2
+    assert metric(text, "anyecho_udp_faults_injected_total", kind="drop") == 1
+    assert metric(text, "anyecho_udp_faults_injected_total", kind="duplicate") == 0
+    assert metric(text, "anyecho_datagrams_dropped_total", reason="fault") == 1
+    assert metric(text, "anyecho_errors_total", kind="reset") == 0
+
+
+@pytest.mark.anyio
 async def test_healthz_follows_the_server_from_start_to_stop() -> None:
     server = anyecho.EchoServer(host="127.0.0.1", port=0, drain_timeout=TIMEOUT)
     async with metrics_of(server) as endpoint:
