@@ -145,7 +145,11 @@ class _StreamProtocol(asyncio.Protocol):
         if buffered > self.read_high and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-        self._wake_reader()
+        waiter = self.read_waiter  # _wake_reader(), written out: once per read
+        if waiter is not None:
+            self.read_waiter = None
+            if not waiter.done():  # else cancelled
+                waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -202,6 +206,7 @@ class AsyncioStream(SocketStream):
     """
 
     __slots__ = (
+        "_asked",
         "_closed",
         "_loop",
         "_protocol",
@@ -236,6 +241,8 @@ class AsyncioStream(SocketStream):
         # Whether the last call on this stream was a receive, which yielded to
         # the event loop (see send).
         self._yielded = False
+        # The max_bytes that read_high was last worked out for.
+        self._asked = 0
         # The task that last sent, and AnyIO's state for it (see _cancel_called).
         self._task: asyncio.Task[object] | None = None
         self._task_state = _NO_TASK_STATE
@@ -285,25 +292,34 @@ class AsyncioStream(SocketStream):
                 # directly saves the backend lookup, a microsecond per call.
                 await asyncio.sleep(0)
             else:
-                # Woken by data, EOF or the connection's loss. Cancellable, and a
+                # Wait for data, EOF or the connection's loss, reading first if
+                # reading was paused (the buffer is empty). Cancellable, and a
                 # cancelled wait has taken nothing from the buffer.
-                await self._readable(max_bytes)
+                if max_bytes != self._asked:
+                    self._asked = max_bytes
+                    protocol.read_high = min(
+                        max(max_bytes, READ_HIGH_MIN), READ_HIGH_MAX
+                    )
+                if protocol.reading_paused:
+                    protocol.reading_paused = False
+                    self._transport.resume_reading()
+                waiter = protocol.read_waiter = self._loop.create_future()
+                await waiter
             self._yielded = True
             if self._closed:
                 raise ClosedResourceError
+            chunks = protocol.chunks
+            if len(chunks) == 1 and not protocol.offset:
+                # What _take() does with one whole chunk waiting, written out: the
+                # usual case, with one message in flight.
+                chunk = chunks[0]
+                if len(chunk) <= max_bytes:
+                    chunks.clear()
+                    protocol.buffered = 0
+                    return chunk
             return self._take(max_bytes)
         finally:
             self._receiving = False
-
-    def _readable(self, max_bytes: int) -> asyncio.Future[None]:
-        """A future for data, EOF or the loss; resumes reading (buffer empty)."""
-        protocol = self._protocol
-        protocol.read_high = min(max(max_bytes, READ_HIGH_MIN), READ_HIGH_MAX)
-        if protocol.reading_paused:
-            protocol.reading_paused = False
-            self._transport.resume_reading()
-        waiter = protocol.read_waiter = self._loop.create_future()
-        return waiter
 
     def _take(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` from the buffer (EOF or the loss if it is empty)."""
