@@ -394,7 +394,7 @@ class AsyncioStream(SocketStream):
                 # tenth of a small echo's instructions here): yield if a cancel
                 # scope inside the nearest shield was cancelled, and AnyIO then
                 # cancels the task in that yield.
-                task = asyncio.current_task()
+                task = asyncio.current_task(self._loop)  # no getpid() call
                 state = self._task_state if task is self._task else self._watch(task)
                 scope = state.cancel_scope
                 while scope is not None:
