@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import types
 from collections import deque
 from typing import Any, Final, cast
 
@@ -43,8 +44,7 @@ from anyio import (
     ClosedResourceError,
     EndOfStream,
 )
-from anyio._backends._asyncio import TaskState as _TaskState  # see _task_state
-from anyio._backends._asyncio import _task_states
+from anyio._backends import _asyncio as _anyio_asyncio  # see _task_state
 from anyio.abc import SocketStream, UNIXSocketStream
 
 __all__ = [
@@ -243,9 +243,9 @@ class AsyncioStream(SocketStream):
         self._yielded = False
         # The max_bytes that read_high was last worked out for.
         self._asked = 0
-        # The task that last sent, and AnyIO's state for it (see _cancel_called).
-        self._task: asyncio.Task[object] | None = None
-        self._task_state = _NO_TASK_STATE
+        # The task that last sent, and AnyIO's state for it (see send).
+        self._task: asyncio.Task[Any] | None = None
+        self._task_state: Any = _NO_TASK_STATE
 
     @property
     def _raw_socket(self) -> socket.socket:
@@ -387,7 +387,7 @@ class AsyncioStream(SocketStream):
             self._yielded = False
             if protocol.write_paused and not protocol.lost:
                 await self._drained()  # only after a cancelled send
-            elif not yielded:
+            elif not yielded or _task_states is None:
                 await asyncio.sleep(0)
             else:
                 # AnyIO's checkpoint_if_cancelled, written out (a call costs a
@@ -418,7 +418,7 @@ class AsyncioStream(SocketStream):
         finally:
             self._sending = False
 
-    def _watch(self, task: asyncio.Task[Any] | None) -> _TaskState:
+    def _watch(self, task: asyncio.Task[Any] | None) -> Any:
         """Look up AnyIO's state for the task that sends from now on."""
         self._task = task
         state = self._task_state = _task_state(task)
@@ -458,11 +458,23 @@ class AsyncioStream(SocketStream):
         await asyncio.sleep(0)
 
 
+#: AnyIO's state of each of its tasks on asyncio, where this AnyIO keeps it as
+#: :func:`_task_state` expects; else ``None``, and every send yields.
+_task_states: Final[Any] = (
+    getattr(_anyio_asyncio, "_task_states", None)
+    if all(
+        hasattr(_anyio_asyncio.CancelScope, name)
+        for name in ("_cancel_called", "_shield", "_parent_scope")
+    )
+    and hasattr(_anyio_asyncio, "TaskState")
+    else None
+)
+
 #: The state of a task that AnyIO does not know: in no cancel scope.
-_NO_TASK_STATE: Final = _TaskState(None, None)
+_NO_TASK_STATE: Final[Any] = types.SimpleNamespace(cancel_scope=None)
 
 
-def _task_state(task: asyncio.Task[Any] | None) -> _TaskState:
+def _task_state(task: asyncio.Task[Any] | None) -> Any:
     """AnyIO's state for ``task``: its innermost cancel scope, if any.
 
     :class:`AsyncioStream` looks a task's state up once, and then only walks its
