@@ -404,9 +404,70 @@ async def test_receive_and_send_are_checkpoints(
             assert server.read_buffered == 5
         with assert_yields(anyio_backend_name):
             assert await server.receive() == b"ready"  # the data was there
+        await server.send(b"o")
         with assert_yields(anyio_backend_name):
-            await server.send(b"ok")
+            await server.send(b"k")  # a send that follows a send
         assert await receive_exactly(client, 2) == b"ok"
+
+
+async def test_every_receive_then_send_turn_yields(
+    listener: SocketListener, anyio_backend_name: str
+) -> None:
+    """A connection whose data is always there still lets others run each turn.
+
+    A send straight after a receive may skip its own yield (the receive's was
+    enough), but the turn as a whole always yields, so a flood on one connection
+    cannot starve the rest of the server.
+    """
+    async with connected(listener) as (server, client):
+        payload = random_bytes(64 * 1024)
+        await client.send(payload)
+        await client.send_eof()
+        echoed = bytearray()
+        with anyio.fail_after(TIMEOUT):
+            while len(echoed) < len(payload):
+                with assert_yields(anyio_backend_name):
+                    data = await server.receive(64)  # always waiting but the first
+                    await server.send(data)
+                echoed += data
+            await server.send_eof()
+            assert await receive_all(client) == payload
+
+
+async def test_a_send_after_a_receive_is_still_a_cancellation_point(
+    listener: SocketListener,
+) -> None:
+    """A scope cancelled between a receive and a send cancels the send unwritten,
+    whichever scope it is; a shield around the send still protects it."""
+    async with connected(listener) as (server, client):
+        with anyio.fail_after(TIMEOUT):
+            await client.send(b"1")
+            assert await server.receive() == b"1"
+            with CancelScope() as scope:
+                scope.cancel()
+                await server.send(b"never sent ")
+            assert scope.cancelled_caught
+
+            with CancelScope() as outer:
+                await client.send(b"2")
+                assert await server.receive() == b"2"
+                outer.cancel()
+                with CancelScope():
+                    await server.send(b"nor this ")
+            assert outer.cancelled_caught
+
+            with CancelScope() as outer:
+                await client.send(b"3")
+                assert await server.receive() == b"3"
+                outer.cancel()
+                with CancelScope(shield=True):
+                    await server.send(b"shielded ")
+                await anyio.lowlevel.checkpoint()
+            assert outer.cancelled_caught
+
+            await server.send(b"sent")
+            await server.send_eof()
+            assert await receive_all(client) == b"shielded sent"
 
 
 async def test_cancelled_receive_and_send_have_no_effect(

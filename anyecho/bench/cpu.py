@@ -1,0 +1,264 @@
+"""Server CPU time and instructions per echo, measured from outside the server.
+
+``python -m anyecho.bench.cpu cpu`` drives each server of the bench with
+``echoload``, a load generator in C (``--echoload PATH``): the server is pinned
+to CPU 0 and the load generator to CPU 1, each connection keeps one message in
+flight, and the server's CPU time per echo (user and system, from ``/proc``) is
+taken over the measured window. The servers are interleaved, run after run, and
+the table gives the median of each cell.
+
+``python -m anyecho.bench.cpu instr`` runs each server under
+``valgrind --tool=callgrind`` instead. For each cell it opens the connections and
+warms them up, zeroes callgrind's counters, runs exactly ``--echoes`` echoes
+(one message in flight per connection), and dumps the counters: the server's
+instructions per echo, without its start-up, connects or closes. The count does
+not depend on what else the machine runs, so it can tell apart changes that
+CPU time, on a busy machine, cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .._args import format_size, parse_size
+from . import _proc
+from .servers import registry
+
+__all__ = ["main"]
+
+#: The servers measured unless ``--servers`` names others.
+DEFAULT_SERVERS = (
+    "anyecho-uvloop",
+    "anyecho-asyncio",
+    "anyecho-trio",
+    "tutorial",
+    "protocol-uvloop",
+    "anyio-uvloop",
+    "anyio-trio",
+    "trio-raw",
+)
+
+_READY = re.compile(r"tcp://127\.0\.0\.1:(\d+)")
+_SUMMARY = re.compile(r"^summary: (\d+)", re.MULTILINE)
+
+
+class _Server:
+    """One server process, started and waited for until it listens."""
+
+    def __init__(self, name: str, prefix: Sequence[str] = ()) -> None:
+        argv = [*prefix, *registry()[name].command]
+        self.process = subprocess.Popen(  # noqa: S603 - a bench server
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if match := _READY.search(line):
+                self.port = int(match[1])
+                break
+        else:
+            raise SystemExit(f"anyecho.bench.cpu: {name} did not start")
+        # Nobody reads its output from now on: keep it from blocking the server.
+        self.process.stdout.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        _proc.stop(self.process)
+
+
+def _echoload(
+    echoload: str, server: _Server, cell: tuple[int, int], secs: float
+) -> float:
+    """The server's CPU time per echo in µs, over one echoload window."""
+    conns, size = cell
+    result = subprocess.run(  # noqa: S603 - the load generator the user named
+        [
+            *("taskset", "-c", "1", echoload, "--port", str(server.port)),
+            *("--conns", str(conns), "--size", str(size), "--duration", str(secs)),
+            *("--warmup", "0.5", "--server-pid", str(server.pid), "--json"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(result.stdout)["server_cpu_us_per_echo"])
+
+
+def _drive(conns: list[socket.socket], size: int, total: int) -> None:
+    """Exactly ``total`` echoes of ``size`` bytes, one in flight per connection."""
+    message = (bytes(range(256)) * (size // 256 + 1))[:size]
+    pending = dict.fromkeys(conns, 0)
+    started = done = 0
+    with selectors.DefaultSelector() as selector:
+        for sock in conns:
+            if started < total:
+                sock.sendall(message)
+                pending[sock] = size
+                started += 1
+                selector.register(sock, selectors.EVENT_READ, sock)
+        while done < total:
+            for key, _ in selector.select():
+                sock = key.data
+                data = sock.recv(1 << 20)
+                if not data:
+                    raise SystemExit("anyecho.bench.cpu: the server closed")
+                pending[sock] -= len(data)
+                if pending[sock]:
+                    continue
+                done += 1
+                if started < total:
+                    sock.sendall(message)
+                    pending[sock] = size
+                    started += 1
+                else:
+                    selector.unregister(sock)
+
+
+def _instructions(
+    name: str, cells: list[tuple[int, int]], echoes: int
+) -> dict[str, float]:
+    """Instructions per echo of server ``name`` in each cell, under callgrind."""
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "callgrind.out")
+        server = _Server(
+            name, ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p")
+        )
+        try:
+            for size, count in cells:
+                conns = [
+                    socket.create_connection(("127.0.0.1", server.port))
+                    for _ in range(count)
+                ]
+                with contextlib.ExitStack() as stack:
+                    for sock in conns:
+                        stack.enter_context(sock)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    # Bulk cells: fewer echoes, at least 20 per connection.
+                    total = max(echoes * 64 // max(size, 64), 20 * count)
+                    _drive(conns, size, 5 * count)
+                    _callgrind("--zero", server.pid)
+                    _drive(conns, size, total)
+                    before = set(Path(tmp).iterdir())
+                    _callgrind("--dump", server.pid)
+                    [dump] = set(Path(tmp).iterdir()) - before
+                    summary = _SUMMARY.search(dump.read_text())
+                    assert summary is not None
+                    results[_cell(size, count)] = int(summary[1]) / total
+        finally:
+            server.stop()
+    return results
+
+
+def _callgrind(command: str, pid: int) -> None:
+    control = shutil.which("callgrind_control") or "callgrind_control"
+    subprocess.run(  # noqa: S603 - valgrind's own control tool
+        [control, command, str(pid)], capture_output=True, check=True
+    )
+
+
+def _cell(size: int, conns: int) -> str:
+    return f"{format_size(size)} x {conns}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m anyecho.bench.cpu",
+        description="Server CPU time (cpu) or instructions (instr) per echo.",
+    )
+    cli.add_argument("mode", choices=("cpu", "instr"))
+    cli.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
+    cli.add_argument("--sizes", default="64,1k", help="message sizes (default 64,1k)")
+    cli.add_argument("--connections", default="1,32,256")
+    cli.add_argument("--repeat", type=int, default=5, help="cpu: runs per cell")
+    cli.add_argument("--duration", type=float, default=2.0, help="cpu: seconds")
+    cli.add_argument("--echoload", default="echoload", help="cpu: the load generator")
+    cli.add_argument("--echoes", type=int, default=4000, help="instr: echoes per cell")
+    cli.add_argument("--json", type=Path, help="also write every figure here")
+    return cli
+
+
+def _cells(
+    cli: argparse.ArgumentParser, sizes: str, connections: str
+) -> list[tuple[int, int]]:
+    """Every (size, connections) pair the options name."""
+    try:
+        parsed = [parse_size(size) for size in sizes.split(",")]
+        counts = [int(count) for count in connections.split(",")]
+    except ValueError as exc:
+        cli.error(str(exc))
+    return [(size, count) for size in parsed for count in counts]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m anyecho.bench.cpu``."""
+    cli = _parser()
+    args = cli.parse_args(argv)
+    servers = args.servers.split(",")
+    unknown = sorted(set(servers) - set(registry()))
+    if unknown:
+        cli.error(f"unknown servers: {', '.join(unknown)}")
+    cells = _cells(cli, args.sizes, args.connections)
+    tool = args.echoload if args.mode == "cpu" else "valgrind"
+    if shutil.which(tool) is None:
+        cli.error(f"{tool} not found")
+    table: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+    if args.mode == "instr":
+        for name in servers:
+            for cell, value in _instructions(name, cells, args.echoes).items():
+                table[name][cell] = [value]
+    else:
+        for run in range(args.repeat):
+            for name in servers:
+                server = _Server(name, ("taskset", "-c", "0"))
+                try:
+                    for size, count in cells:
+                        figure = _echoload(
+                            args.echoload, server, (count, size), args.duration
+                        )
+                        table[name].setdefault(_cell(size, count), []).append(figure)
+                finally:
+                    server.stop()
+            sys.stderr.write(f"run {run + 1} of {args.repeat} done\n")
+    sys.stdout.write(_markdown(table, [_cell(*cell) for cell in cells], args.mode))
+    if args.json is not None:
+        args.json.write_text(json.dumps(table, indent=1) + "\n")
+
+
+def _markdown(
+    table: dict[str, dict[str, list[float]]], cells: list[str], mode: str
+) -> str:
+    """The medians as a Markdown table, a server per row."""
+    unit = "instructions per echo" if mode == "instr" else "CPU µs per echo"
+    lines = [f"| server ({unit}) | " + " | ".join(cells) + " |"]
+    lines.append("|---" * (len(cells) + 1) + "|")
+    for name, row in table.items():
+        figures = [statistics.median(row[cell]) for cell in cells]
+        shown = [f"{f:,.0f}" if mode == "instr" else f"{f:.2f}" for f in figures]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
