@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 from ._args import DEFAULT_HOST, EVERY_INTERFACE, network
+from ._checks import check_number
 from ._echo import RECEIVE_SIZE
 from ._udpfaults import UdpFaults, udp_faults_from
 from ._wrap import WrapStream
@@ -74,36 +75,6 @@ class RateLimit:
 def _check_port(port: object) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"invalid port {port!r}: expected an integer from 0 to 65535")
-
-
-def check_number(
-    name: str,
-    value: object,
-    *,
-    allow_none: bool = False,
-    integer: bool = False,
-    allow_zero: bool = False,
-) -> None:
-    """Raise :exc:`ValueError` (one line) unless ``value`` is a finite number > 0.
-
-    The one check behind every numeric setting: NaN and the infinities are never
-    valid (a NaN timeout would never fire), nor is a ``bool``.
-    """
-    if value is None and allow_none:
-        return
-    kinds = int if integer else int | float
-    valid = (
-        not isinstance(value, bool)
-        and isinstance(value, kinds)
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not valid:
-        what = "integer" if integer else "number"
-        expected = f"a {what} >= 0" if allow_zero else f"a positive {what}"
-        if allow_none:
-            expected += " (or None for no limit)"
-        raise ValueError(f"invalid {name} {value!r}: expected {expected}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 from . import _sockets
 from ._accept import Admission, Start, accept_loop
 from ._backends import check_event_loop, current_backend_name
-from ._config import ServerConfig, ServerOptions, check_number
+from ._checks import check_number
+from ._config import ServerConfig, ServerOptions
 from ._connection import Connections
 from ._memory import keep_freed_memory
 from ._sockets import ListenAddress, Transport

@@ -9,11 +9,12 @@ give the same fates, datagram by datagram.
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import NamedTuple
+
+from ._checks import check_delay, check_seconds, check_share
 
 __all__ = ["UdpDelay", "UdpFate", "UdpFaults", "udp_faults_from"]
 
@@ -36,40 +37,6 @@ class UdpFate(NamedTuple):
     corrupt_mask: int
     #: seconds to hold the answer (0: none)
     delay: float
-
-
-def _share(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value <= 1
-    ):
-        raise ValueError(f"invalid UDP {name} {value!r}: expected a share from 0 to 1")
-    return float(value)
-
-
-def _seconds(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"invalid UDP {name} {value!r}: expected seconds >= 0")
-    return float(value)
-
-
-def _delay(value: object) -> UdpDelay:
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        if len(value) != 2:
-            raise ValueError(
-                f"invalid UDP delay {value!r}: expected seconds or [min, max]"
-            )
-        low, high = _seconds("delay", value[0]), _seconds("delay", value[1])
-        if low > high:
-            raise ValueError(f"invalid UDP delay {value!r}: min is above max")
-        return (low, high)
-    return _seconds("delay", value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,9 +89,11 @@ class UdpFaults:
 
     def __post_init__(self) -> None:
         for name in ("drop", "duplicate", "reorder", "corrupt", "delay_fraction"):
-            object.__setattr__(self, name, _share(name, getattr(self, name)))
-        object.__setattr__(self, "delay", _delay(self.delay))
-        hold = _seconds("reorder_hold", self.reorder_hold)
+            object.__setattr__(
+                self, name, check_share(f"UDP {name}", getattr(self, name))
+            )
+        object.__setattr__(self, "delay", check_delay(self.delay, "UDP delay"))
+        hold = check_seconds("UDP reorder_hold", self.reorder_hold)
         object.__setattr__(self, "reorder_hold", hold)
         held: object = self.max_held
         if isinstance(held, bool) or not isinstance(held, int) or held < 1:

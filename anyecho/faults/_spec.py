@@ -9,6 +9,7 @@ from typing import cast
 
 from anyio.abc import ByteStream
 
+from .._checks import check_count, check_delay, check_rate, check_seconds
 from .._udpfaults import UdpFaults, udp_faults_from
 from .._wrap import WrapStream
 from ._streams import (
@@ -16,11 +17,7 @@ from ._streams import (
     Delay,
     JitterDistribution,
     _Cutoff,
-    check_count,
-    check_delay,
     check_distribution,
-    check_rate,
-    check_seconds,
     default_burst,
     delay,
     fragment,

@@ -7,11 +7,10 @@ functions here check their arguments and build one. :mod:`._spec` combines them.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal
 
 import anyio
@@ -19,6 +18,7 @@ from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute
 
+from .._checks import check_count, check_delay, check_rate, check_seconds
 from .._wrap import StreamWrapper as _Wrapper
 
 __all__ = [
@@ -62,46 +62,6 @@ PARETO_SHAPE = 2.0
 
 
 # --- validation ---------------------------------------------------------------
-
-
-def check_seconds(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"invalid {name} {value!r}: expected seconds >= 0")
-    return float(value)
-
-
-def check_delay(value: object) -> Delay:
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        if len(value) != 2:
-            raise ValueError(f"invalid delay {value!r}: expected seconds or (min, max)")
-        low = check_seconds("delay", value[0])
-        high = check_seconds("delay", value[1])
-        if low > high:
-            raise ValueError(f"invalid delay {value!r}: min is above max")
-        return (low, high)
-    return check_seconds("delay", value)
-
-
-def check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"invalid {name} {value!r}: expected an integer >= {minimum}")
-    return value
-
-
-def check_rate(value: object, name: str = "throttle") -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"invalid {name} {value!r}: expected bytes/s > 0")
-    return float(value)
 
 
 def check_distribution(value: object) -> JitterDistribution:
