@@ -371,7 +371,7 @@ def test_fates_follow_the_seed() -> None:
         ({"corrupt": True}, "invalid UDP corrupt"),
         ({"delay": -1}, "invalid UDP delay -1: expected seconds >= 0"),
         ({"delay": [0.2, 0.1]}, "min is above max"),
-        ({"delay": [1, 2, 3]}, r"expected seconds or \[min, max\]"),
+        ({"delay": [1, 2, 3]}, r"expected seconds or \(min, max\)"),
         ({"delay": math.inf}, "invalid UDP delay"),
         ({"reorder_hold": -1}, "invalid UDP reorder_hold"),
         ({"max_held": 0}, "invalid UDP max_held 0"),
