@@ -159,6 +159,13 @@ class ServerConfig:
         and burst
     :param udp_byte_rate: per source address: sustained bytes answered per second
         and burst
+    :param record: keep a recording of what each stream connection's client sent
+        (see :attr:`EchoServer.recordings <anyecho.EchoServer.recordings>`); off
+        by default (:func:`anyecho.testing.serving` turns it on)
+    :param record_max_bytes: the bytes kept per recording; past it the recording
+        is marked truncated and keeps counting bytes. ``None`` for no limit.
+    :param record_max_connections: the recordings kept; past it the oldest is
+        dropped. ``None`` for no limit.
 
     .. code-block:: python
 
@@ -188,6 +195,9 @@ class ServerConfig:
     udp_byte_rate: RateLimit = field(
         default_factory=lambda: RateLimit(256 * 1024.0, 128 * 1024.0)
     )
+    record: bool = False
+    record_max_bytes: int | None = 1024 * 1024
+    record_max_connections: int | None = 1000
 
     def __post_init__(self) -> None:
         host: Any = self.host
@@ -235,6 +245,23 @@ class ServerConfig:
         check_number("idle_timeout", self.idle_timeout, allow_none=True)
         object.__setattr__(self, "udp_blocked_ports", frozenset(self.udp_blocked_ports))
         check_number("drain_timeout", self.drain_timeout, allow_zero=True)
+        if not isinstance(self.record, bool):
+            raise ValueError(  # noqa: TRY004 - every invalid setting is a ValueError
+                f"invalid record {self.record!r}: expected True or False"
+            )
+        check_number(
+            "record_max_bytes",
+            self.record_max_bytes,
+            allow_none=True,
+            integer=True,
+            allow_zero=True,
+        )
+        check_number(
+            "record_max_connections",
+            self.record_max_connections,
+            allow_none=True,
+            integer=True,
+        )
 
     @property
     def per_source_limit(self) -> int | None:
@@ -286,3 +313,6 @@ class ServerOptions(TypedDict, total=False):
     udp_blocked_ports: frozenset[int]
     udp_rate: RateLimit
     udp_byte_rate: RateLimit
+    record: bool
+    record_max_bytes: int | None
+    record_max_connections: int | None

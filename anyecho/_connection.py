@@ -1,4 +1,5 @@
-"""One accepted connection, from its socket to its close, and the idle watchdog."""
+"""One accepted connection, from its socket to its close; the registry of open
+connections (to list, close or reset them), and the idle watchdog."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import socket
 import ssl
 import struct
 import termios
+import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol, runtime_checkable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 import anyio
 from anyio import BrokenResourceError, CancelScope, ClosedResourceError, EndOfStream
@@ -21,10 +25,21 @@ from ._echo import ByteCounts, echo
 from ._errors import describe
 from ._fastpath import adopt
 from ._logs import LogLimiter
+from ._recording import EndReason, Recorder, Recording, RecordingStream
+from ._sockets import reset_on_close
 from ._stats import ServerStats
 from ._wrap import StreamWrapper
 
-__all__ = ["ConnectionState", "Connections"]
+__all__ = [
+    "ConnectionInfo",
+    "ConnectionState",
+    "Connections",
+    "StreamTransport",
+    "note_fault",
+]
+
+#: The transports a stream connection comes over.
+StreamTransport = Literal["tcp", "tls", "unix"]
 
 logger = logging.getLogger("anyecho")
 
@@ -36,6 +51,33 @@ class _Progress(Protocol):
     def bytes_written(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One open stream connection, as :meth:`anyecho.EchoServer.connections` lists it.
+
+    :param id: the connection's number: they count up from 1 in the order the
+        server accepted them, and are never reused while it runs
+    :param peer: the client's address as the logs write it: ``127.0.0.1:50312``,
+        ``[::1]:50312``, ``unix-peer``
+    :param transport: ``tcp``, ``tls`` or ``unix``
+    :param opened_at: when it was accepted, in seconds since the epoch
+        (:func:`time.time`)
+    :param age: seconds since then, on the server's clock (AnyIO's)
+    :param bytes_received: bytes received from the client so far
+    :param bytes_sent: bytes echoed back so far
+    :param faulted: whether faults are applied to it (chosen when it opened)
+    """
+
+    id: int
+    peer: str
+    transport: StreamTransport
+    opened_at: float
+    age: float
+    bytes_received: int
+    bytes_sent: int
+    faulted: bool
+
+
 class ConnectionState(ByteCounts):
     """One open connection: its byte counts and what the idle watchdog needs.
 
@@ -43,13 +85,47 @@ class ConnectionState(ByteCounts):
     rest now and then, so timeouts cost nothing per chunk.
     """
 
-    __slots__ = ("fd", "opened_at", "scope", "seen", "since", "timed_out", "wire")
+    __slots__ = (
+        "ending",
+        "fault",
+        "faulted",
+        "fd",
+        "id",
+        "opened_at",
+        "opened_wall",
+        "peer",
+        "scope",
+        "seen",
+        "since",
+        "sock",
+        "timed_out",
+        "transport",
+        "wire",
+    )
 
-    def __init__(self, now: float, fd: int) -> None:
+    def __init__(
+        self,
+        now: float,
+        sock: socket.socket,
+        peer: str = "",
+        transport: StreamTransport = "tcp",
+    ) -> None:
         super().__init__()
         self.opened_at = now
+        self.opened_wall = time.time()
+        #: the registry's number for it (set once registered)
+        self.id = 0
+        self.peer = peer
+        self.transport: StreamTransport = transport
+        #: the accepted socket, to reset the connection on request
+        self.sock = sock
         #: the socket's descriptor, for the kernel's send queue
-        self.fd = fd
+        self.fd = sock.fileno()
+        #: faults apply to it; and the fault that ended it, if one did
+        self.faulted = False
+        self.fault: str | None = None
+        #: ``closed`` or ``aborted`` once a close or reset was asked for
+        self.ending: EndReason | None = None
         #: when progress was last seen, and how much there had been by then
         self.since = now
         self.seen = 0
@@ -69,6 +145,43 @@ class ConnectionState(ByteCounts):
         wire = self.wire
         written = self.sent if wire is None else wire.bytes_written()
         return self.received + written - _unread(self.fd)
+
+    def info(self, now: float) -> ConnectionInfo:
+        return ConnectionInfo(
+            id=self.id,
+            peer=self.peer,
+            transport=self.transport,
+            opened_at=self.opened_wall,
+            age=max(0.0, now - self.opened_at),
+            bytes_received=self.received,
+            bytes_sent=self.sent,
+            faulted=self.faulted,
+        )
+
+    def end(self, how: EndReason) -> bool:
+        """Close (``closed``) or reset (``aborted``) the connection: its task
+        ends it as a stop would. ``False`` if it is ending already."""
+        if self.ending is not None or self.timed_out:
+            return False
+        self.ending = how
+        if how == "aborted":
+            reset_on_close(self.sock)
+        if self.scope is not None:
+            self.scope.cancel()
+        return True
+
+
+#: The connection whose task this is: faults tell it that they ended it.
+_current: ContextVar[ConnectionState | None] = ContextVar(
+    "anyecho_connection", default=None
+)
+
+
+def note_fault(kind: str) -> None:
+    """Tell the current connection (if any) that a fault of ``kind`` ends it."""
+    state = _current.get()
+    if state is not None and state.fault is None:
+        state.fault = kind
 
 
 def _unread(fd: int) -> int:
@@ -107,10 +220,11 @@ class _Counted(StreamWrapper):
 
 
 class Connections:
-    """Serves accepted sockets for one server: each in its own error boundary.
+    """Serves accepted sockets for one server, each in its own error boundary;
+    the registry of the open ones.
 
     :param config: the server's settings
-    :param stats: its counters
+    :param stats: its counters, which hold the registry of open connections
     :param released: called with a connection's source address once it ends
         (``None`` for a source not counted)
     """
@@ -124,13 +238,42 @@ class Connections:
         self.config = config
         self._stats = stats
         self._released = released
-        self._open: set[ConnectionState] = set()
+        #: the recordings, when the config asks for them
+        self.recorder: Recorder | None = None
+        if config.record:
+            self.recorder = Recorder(
+                config.record_max_bytes, config.record_max_connections
+            )
         self._log_tls_failed = LogLimiter(logger, logging.INFO, "failed TLS handshakes")
         self._log_failed = LogLimiter(logger, logging.ERROR, "handler failures")
+
+    @property
+    def open(self) -> dict[int, ConnectionState]:
+        """The open connections by id (the stats' registry: only this adds to it)."""
+        return cast("dict[int, ConnectionState]", self._stats.open)
 
     def flush_logs(self) -> None:
         self._log_tls_failed.flush()
         self._log_failed.flush()
+
+    def infos(self) -> list[ConnectionInfo]:
+        """Every open connection, oldest first."""
+        now = anyio.current_time()
+        return [state.info(now) for state in self.open.values()]
+
+    def end(self, number: int, how: EndReason) -> bool:
+        """Close or reset connection ``number``; ``False`` if it is not open."""
+        state = self.open.get(number)
+        return state is not None and state.end(how)
+
+    def end_all(self, how: EndReason) -> int:
+        """Close or reset every open connection; how many were."""
+        return sum(state.end(how) for state in list(self.open.values()))
+
+    def _transport(self, client: socket.socket) -> StreamTransport:
+        if client.family == socket.AF_UNIX:
+            return "unix"
+        return "tcp" if self.config.ssl_context is None else "tls"
 
     async def serve(self, client: socket.socket, peer: Any, source: str | None) -> None:
         """Serve one accepted socket. Whatever goes wrong ends this connection only.
@@ -139,49 +282,38 @@ class Connections:
         making its stream, the TLS handshake, the user's ``wrap_stream``, the
         echo, logging and closing. Only cancellation (a stop) leaves this task.
         """
-        state = ConnectionState(anyio.current_time(), client.fileno())
-        self._stats.opened(state)
-        self._open.add(state)
         name = format_peer(peer)
-        conn: ByteStream | None = None
+        state = ConnectionState(
+            anyio.current_time(), client, name, self._transport(client)
+        )
+        state.id = self._stats.opened(state)
+        _current.set(state)
+        recorder = self.recorder
+        recording = None
+        if recorder is not None:
+            recording = recorder.open(state.id, name, state.transport, state.opened_at)
+        ended: EndReason = "stop"
+        conn: list[ByteStream] = []  # the stream, once made
         try:
             logger.debug("%s: connected", name)
             with CancelScope() as state.scope:
-                try:
-                    conn = stream = await adopt(client)
-                    if isinstance(stream, _Progress):
-                        state.wire = stream
-                    context = self.config.ssl_context
-                    if context is not None:
-                        tls = await self._handshake(stream, context, name)
-                        if tls is None:
-                            return
-                        conn = tls
-                    await self._echo(conn, state)
-                except (
-                    BrokenResourceError,
-                    ClosedResourceError,
-                    EndOfStream,
-                    OSError,
-                ) as exc:
-                    self._stats.error("reset")
-                    logger.debug("%s: connection lost (%s)", name, describe(exc))
-                except Exception:
-                    self._stats.error("handler")
-                    self._log_failed(
-                        "%s: handler failed; closing this connection",
-                        name,
-                        exc_info=True,
-                    )
+                ended = await self._run(client, state, recording, conn)
             if state.timed_out:
+                ended = "timeout"
                 self._stats.error("timeout")
                 logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
+            elif state.ending is not None:
+                ended = state.ending
+                logger.debug("%s: %s on request", name, ended)
+            elif state.fault is not None and ended in ("eof", "reset"):
+                ended = "fault"
         finally:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
-            self._open.discard(state)
-            self._stats.closed(state)
+            self._stats.closed(state.id)
             self._released(source)
+            if recording is not None:
+                recording.end(ended)
             logger.debug(
                 "%s: closed, %d bytes in, %d bytes out, %.3fs",
                 name,
@@ -189,19 +321,61 @@ class Connections:
                 state.sent,
                 anyio.current_time() - state.opened_at,
             )
-            if conn is None:
+            if not conn:
                 client.close()
+            elif state.ending == "closed":
+                await _close_gracefully(conn[-1])
             else:
-                await _close(conn)
+                await _close(conn[-1])
 
-    async def _echo(self, conn: ByteStream, state: ConnectionState) -> None:
+    async def _run(
+        self,
+        client: socket.socket,
+        state: ConnectionState,
+        recording: Recording | None,
+        conn: list[ByteStream],
+    ) -> EndReason:
+        """Make the stream (into ``conn``), shake hands, echo; how it ended."""
+        name = state.peer
+        try:
+            stream = await adopt(client)
+            conn.append(stream)
+            if isinstance(stream, _Progress):
+                state.wire = stream
+            context = self.config.ssl_context
+            if context is not None:
+                tls = await self._handshake(stream, context, name)
+                if tls is None:
+                    return "error"
+                conn.append(tls)
+            await self._echo(conn[-1], state, recording)
+        except (BrokenResourceError, ClosedResourceError, EndOfStream, OSError) as exc:
+            self._stats.error("reset")
+            logger.debug("%s: connection lost (%s)", name, describe(exc))
+            return "reset"
+        except Exception:
+            self._stats.error("handler")
+            self._log_failed(
+                "%s: handler failed; closing this connection", name, exc_info=True
+            )
+            return "error"
+        return "eof"
+
+    async def _echo(
+        self, conn: ByteStream, state: ConnectionState, recording: Recording | None
+    ) -> None:
         config = self.config
+        if recording is not None:
+            conn = RecordingStream(conn, recording)
         wrap = config.wrap_stream
         if wrap is None:
             await echo(conn, receive_size=config.receive_size, counts=state)
         else:
             # Count what passes on the wire, beneath the wrapper.
-            await echo(wrap(_Counted(conn, state)), receive_size=config.receive_size)
+            counted = _Counted(conn, state)
+            wrapped = wrap(counted)
+            state.faulted = wrapped is not counted
+            await echo(wrapped, receive_size=config.receive_size)
 
     async def _handshake(
         self, stream: SocketStream, context: ssl.SSLContext, name: str
@@ -236,7 +410,7 @@ class Connections:
         while True:
             await anyio.sleep(tick)
             now = anyio.current_time()
-            for state in self._open:
+            for state in self.open.values():
                 moved = state.progress()
                 if moved != state.seen:
                     state.seen = moved
@@ -253,6 +427,19 @@ async def _close(stream: ByteStream) -> None:
         await anyio.aclose_forcefully(stream)
     except Exception:  # the connection is over either way
         logger.debug("closing a connection failed", exc_info=True)
+
+
+async def _close_gracefully(stream: ByteStream) -> None:
+    """Close ``stream`` as the protocol closes (TLS: close_notify), within a
+    second and whatever cancellation is under way; else at once."""
+    with CancelScope(shield=True), anyio.move_on_after(1):
+        try:
+            await stream.aclose()
+        except Exception:  # noqa: S110 - closed at once below
+            pass
+        else:
+            return
+    await _close(stream)
 
 
 def format_peer(peer: Any) -> str:

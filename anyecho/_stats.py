@@ -83,8 +83,9 @@ class ServerStats:
         self.datagrams_dropped = 0
         self.datagrams_dropped_by_reason: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        #: the open connections' own counters
-        self.open: set[ByteCounts] = set()
+        #: the open connections' own counters, by connection id: the one registry
+        #: of open connections (the connections' own records are kept here)
+        self.open: dict[int, ByteCounts] = {}
         self._changed: anyio.Event | None = None
 
     def changed(self) -> None:
@@ -119,13 +120,22 @@ class ServerStats:
         self.total_connections += 1
         self.error(kind)
 
-    def opened(self, counter: ByteCounts) -> None:
-        """Count a connection served; its bytes are read from ``counter``."""
-        self.open.add(counter)
-        self.total_connections += 1
+    def opened(self, counter: ByteCounts) -> int:
+        """Count a connection served, and register it; return its id.
 
-    def closed(self, counter: ByteCounts) -> None:
-        self.open.discard(counter)
+        Ids count up from 1 in the order connections are accepted (those turned
+        away take a number too), and are never reused while the server runs.
+        Its bytes are read from ``counter`` until :meth:`closed`.
+        """
+        self.total_connections += 1
+        number = self.total_connections
+        self.open[number] = counter
+        self.changed()
+        return number
+
+    def closed(self, number: int) -> None:
+        """Fold a connection's bytes into the totals, and forget it."""
+        counter = self.open.pop(number)
         self.bytes_received += counter.received
         self.bytes_sent += counter.sent
         self.changed()
@@ -136,8 +146,9 @@ class ServerStats:
         self.datagrams_dropped_by_reason[reason] += 1
 
     def snapshot(self) -> StatsSnapshot:
-        received = self.bytes_received + sum(c.received for c in self.open)
-        sent = self.bytes_sent + sum(c.sent for c in self.open)
+        counters = self.open.values()
+        received = self.bytes_received + sum(c.received for c in counters)
+        sent = self.bytes_sent + sum(c.sent for c in counters)
         return StatsSnapshot(
             active_connections=len(self.open),
             total_connections=self.total_connections,

@@ -19,6 +19,7 @@ from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute
 
+from .._connection import note_fault
 from .._wrap import StreamWrapper as _Wrapper
 
 __all__ = [
@@ -176,6 +177,7 @@ class _Cutoff(_Wrapper):
         if self._cut:
             return
         self._cut = True
+        note_fault(self._mode)
         logger.debug("fault: %s after %d bytes", self._mode, self._limit)
         if self._mode == "close":
             try:
