@@ -32,6 +32,8 @@ __all__ = [
     "format_size",
     "fraction",
     "host_name",
+    "host_port",
+    "parse_host_port",
     "parse_number",
     "parse_port_set",
     "parse_size",
@@ -290,6 +292,42 @@ def host_name(text: str) -> str:
             "or '*' for every interface"
         )
     return text
+
+
+#: How an endpoint's address is written (``--control``).
+HOST_PORT_SYNTAX = "PORT, HOST:PORT or [IPv6]:PORT, such as 8001 or 127.0.0.1:8001"
+
+_HOST_PORT = re.compile(r"(?:(\[[^\]]*\]|[^:\[\]]*):)?(\d+)")
+
+
+def parse_host_port(text: str, default_host: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``PORT`` (on ``default_host``).
+
+    ``*`` for the host is every interface, as for ``--host``; an IPv6 address is
+    written in brackets. The host is returned without them.
+
+    :raises ValueError: with a one-line message
+    """
+    match = _HOST_PORT.fullmatch(text.strip())
+    port = int(match[2]) if match else -1
+    if match is None or not 0 <= port <= 65535:
+        raise ValueError(f"invalid address {text!r}: expected {HOST_PORT_SYNTAX}")
+    host = match[1]
+    if host is None:
+        return default_host, port
+    host = host.removeprefix("[").removesuffix("]").strip()
+    if not host:
+        raise ValueError(
+            f"invalid address {text!r}: the host is empty ('*' for every interface)"
+        )
+    return host, port
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """An address to serve an endpoint on: a port alone is on loopback."""
+    from ._config import DEFAULT_HOST
+
+    return _argument(lambda t: parse_host_port(t, DEFAULT_HOST), text)
 
 
 def backend_name(text: str) -> str:

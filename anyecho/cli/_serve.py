@@ -30,6 +30,7 @@ from .._args import (
     file_mode,
     format_size,
     host_name,
+    host_port,
     port_number,
     port_set,
     positive_seconds,
@@ -75,6 +76,9 @@ DIRECT_SETTINGS = (
     "drain_timeout",
     "receive_size",
     "udp_blocked_ports",
+    "record",
+    "record_max_bytes",
+    "record_max_connections",
 )
 
 
@@ -281,6 +285,42 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="log a line of counters this often (a summary is always logged on exit)",
     )
+    control = parser.add_argument_group(
+        "control API and recordings",
+        "An HTTP+JSON API to change the faults, read the counters, and list, close "
+        "or reset connections while the server runs (needs h11: pip install "
+        "'anyecho[control]'). It has no authentication: keep it on loopback.",
+    )
+    control.add_argument(
+        "--control",
+        type=host_port,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve the control API on this address; a port alone is on "
+        f"{default['host']} (off by default; not with --workers)",
+    )
+    control.add_argument(
+        "--record",
+        action="store_true",
+        default=default["record"],
+        help="keep what each client sends, for GET /connections/ID/recording",
+    )
+    control.add_argument(
+        "--record-max-bytes",
+        type=zero_is_none(byte_size),
+        default=default["record_max_bytes"],
+        metavar="BYTES",
+        help="bytes kept per recording; 0 for no limit (default: "
+        f"{format_size(default['record_max_bytes'])})",
+    )
+    control.add_argument(
+        "--record-max-connections",
+        type=zero_is_none(count),
+        default=default["record_max_connections"],
+        metavar="N",
+        help="recordings kept, the oldest dropped first; 0 for no limit "
+        f"(default: {default['record_max_connections']})",
+    )
     add_fault_arguments(parser)
     add_logging_arguments(parser)
     parser.set_defaults(command=serve_command, stop_signals=True)
@@ -333,6 +373,8 @@ def serve_command(args: argparse.Namespace) -> int:
             from ._workers import check_workers
 
             check_workers(config, args.workers)
+        if args.control is not None:
+            _check_control(args)
     except (BackendUnavailableError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     configure_logging(args.log_level, args.log_format)
@@ -350,8 +392,21 @@ def serve_command(args: argparse.Namespace) -> int:
 
     server = EchoServer(config)
     return run_until_stopped(
-        backend, run_server, server, args.stats_interval, args.ready_fd
+        backend, run_server, server, args.stats_interval, args.ready_fd, args.control
     )
+
+
+def _check_control(args: argparse.Namespace) -> None:
+    """Raise :exc:`ValueError` unless ``--control`` can be served."""
+    if args.workers:
+        raise ValueError(
+            "--control cannot be used with --workers: each worker has its own "
+            "connections and faults; run one server per port instead"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("h11") is None:
+        raise ValueError("--control needs h11: pip install 'anyecho[control]'")
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
@@ -420,10 +475,29 @@ async def _log_stats(server: EchoServer, interval: float) -> None:
         logger.info("stats: %s", server.stats.summary())
 
 
+async def _serve_control(server: EchoServer, host: str, port: int) -> None:
+    """The control API, once the server listens (logged with its address)."""
+    import anyio
+
+    from ..control import serve_control
+
+    try:
+        await server.wait_listening()
+    except RuntimeError:  # failed to start: serve() raises the cause
+        return
+    async with anyio.create_task_group() as tg:
+        addresses = await tg.start(serve_control, server, host, port)
+        urls = ", ".join(
+            str(address).replace("tcp://", "http://", 1) for address in addresses
+        )
+        logger.info("control API on %s", urls)
+
+
 async def run_server(
     server: EchoServer,
     stats_interval: float | None = None,
     ready_fd: int | None = None,
+    control: tuple[str, int] | None = None,
 ) -> None:
     """Run ``server`` until a stop request (the body of ``anyecho serve``).
 
@@ -439,6 +513,8 @@ async def run_server(
             tg.start_soon(_report_listening, server, ready_fd)
         if stats_interval:
             tg.start_soon(_log_stats, server, stats_interval)
+        if control is not None:
+            tg.start_soon(_serve_control, server, *control)
         try:
             await server.serve()
         finally:
