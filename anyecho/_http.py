@@ -170,7 +170,7 @@ async def _one_request(
             return False
         request, body = received
     except TimeoutError:
-        if conn.their_state is h11.IDLE:
+        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
             return False  # an idle keep-alive connection: just close
         await _answer(stream, conn, 408, {"error": "request not received in time"})
         return False
@@ -204,6 +204,12 @@ async def _request(
         raise _Reject(400, "expected a request")
     if len(request.headers) > limits.max_headers:
         raise _Reject(431, f"more than {limits.max_headers} header fields")
+    # h11 bounds a head that has not arrived in full; one that came at once is
+    # measured here.
+    size = len(request.method) + len(request.target) + 12
+    size += sum(len(name) + len(value) + 4 for name, value in request.headers)
+    if size > limits.max_head:
+        raise _Reject(431, f"the request head is over {limits.max_head} bytes")
     return request, await _body(stream, conn, request, limits)
 
 

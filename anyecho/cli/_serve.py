@@ -403,10 +403,12 @@ def _check_control(args: argparse.Namespace) -> None:
             "--control cannot be used with --workers: each worker has its own "
             "connections and faults; run one server per port instead"
         )
-    import importlib.util
-
-    if importlib.util.find_spec("h11") is None:
-        raise ValueError("--control needs h11: pip install 'anyecho[control]'")
+    try:
+        import h11  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            "--control needs h11: pip install 'anyecho[control]'"
+        ) from exc
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
