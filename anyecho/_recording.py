@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import ByteStream
@@ -41,6 +41,14 @@ EndReason = Literal[
 ]
 
 
+class _Watcher(Protocol):
+    """What a recording tells as bytes arrive and as it ends (its recorder)."""
+
+    def received(self, size: int) -> None: ...
+
+    def notify(self) -> None: ...
+
+
 def _preview(data: bytes, limit: int = 200) -> str:
     if len(data) <= limit:
         return repr(data)
@@ -55,6 +63,8 @@ class Recording:
     :param id: the connection's id (as in :meth:`anyecho.EchoServer.connections`)
     :param peer: the client's address, as the logs write it (``127.0.0.1:50312``)
     :param transport: ``tcp``, ``tls`` or ``unix``
+    :param opened_at: when the connection opened, on AnyIO's clock
+    :param max_bytes: the most bytes to keep (``record_max_bytes``)
     """
 
     def __init__(
@@ -65,12 +75,10 @@ class Recording:
         *,
         opened_at: float,
         max_bytes: int,
-        recorder: Recorder | None = None,
     ) -> None:
         self.id = id
         self.peer = peer
         self.transport = transport
-        #: when the connection opened, on AnyIO's clock (:func:`anyio.current_time`)
         self.opened_at = opened_at
         #: each chunk received: (seconds since the connection opened, the bytes),
         #: in order, the times never decreasing
@@ -82,7 +90,7 @@ class Recording:
         #: how the connection ended (:data:`EndReason`), ``None`` while it is open
         self.ended: EndReason | None = None
         self._room = max_bytes
-        self._recorder = recorder
+        self._recorder: _Watcher | None = None  # set by the server's recorder
         self._changed: anyio.Event | None = None
         self._expected = 0  # where the next expect_bytes() starts
 
@@ -266,9 +274,8 @@ class Recorder:
     def open(self, id: int, peer: str, transport: str, opened_at: float) -> Recording:
         """Start the recording of a new connection."""
         room = sys.maxsize if self.max_bytes is None else self.max_bytes
-        recording = Recording(
-            id, peer, transport, opened_at=opened_at, max_bytes=room, recorder=self
-        )
+        recording = Recording(id, peer, transport, opened_at=opened_at, max_bytes=room)
+        recording._recorder = self
         self._recordings.append(recording)
         self.seen += 1
         self.notify()

@@ -235,7 +235,7 @@ class EchoServer:
         .. code-block:: python
 
             await client.login("alice")
-            await server.expect_bytes(b"LOGIN alice\r\n")
+            await server.expect_bytes(b"LOGIN alice\\r\\n")
         """
         recorder = self._recorder()
         if connection is not None:

@@ -6,9 +6,9 @@ The endpoints (see the docs' control API page for each with ``curl``):
 
 ==========================================  ======================================
 ``GET /faults``                             the faults in force (``{}``: none)
-``PUT /faults``                             replace them (a :class:`Faults` object)
+``PUT /faults``                             replace them (an object of fault fields)
 ``DELETE /faults``                          clear them
-``GET /stats``                              the counters (:class:`StatsSnapshot`)
+``GET /stats``                              the counters, by their names
 ``GET /connections``                        the open connections
 ``GET /connections/{id}``                   one of them
 ``POST /connections/{id}/close``            close it (its client sees the end)
@@ -49,6 +49,7 @@ from .faults import Faults
 
 __all__ = [
     "ControlAPI",
+    "HTTPLimits",
     "RequestError",
     "faults_from_json",
     "faults_to_json",
@@ -187,10 +188,11 @@ def _parse_json(body: bytes) -> object:
 
 
 class ControlAPI:
-    """The control API of one server, as an HTTP handler (see :mod:`._http`).
+    """The control API of one server, as an HTTP handler.
 
-    ``await api(method, path, query, body)`` gives ``(status, document)``; any
-    HTTP server can carry it.
+    ``await api(method, path, query, body)`` gives ``(status, document)``, the
+    document being JSON-able: any HTTP server can carry it
+    (:func:`serve_control` serves it with h11).
     """
 
     def __init__(self, server: EchoServer) -> None:
@@ -325,3 +327,6 @@ async def serve_control(
     async with MultiListener(listeners) as multi:
         task_status.started(addresses)
         await serve_http(multi, ControlAPI(server), limits)
+
+
+HTTPLimits.__module__ = __name__  # documented here, where users take it from

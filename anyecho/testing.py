@@ -131,7 +131,7 @@ class RunningServer:
 
             async with serving() as server:
                 await send_hello(server.host, server.port)
-                await server.expect_bytes(b"HELLO\n")
+                await server.expect_bytes(b"HELLO\\n")
                 [recording] = server.recordings
                 assert recording.ended == "eof"
         """

@@ -81,6 +81,7 @@ api_coverage_modules = {
     "anyecho.testing": "api.rst",
     "anyecho.faults": "api.rst",
     "anyecho.pytest_plugin": "api.rst",
+    "anyecho.control": "api.rst",
 }
 
 # -- doctest -----------------------------------------------------------------------

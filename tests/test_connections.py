@@ -34,7 +34,9 @@ async def test_connections_lists_the_open_ones() -> None:
                     assert [info.id for info in infos] == [1, 2]
                     one, two = infos
                     assert isinstance(one, ConnectionInfo)
-                    host, port = first.extra(anyio.abc.SocketAttribute.local_address)
+                    local = first.extra(anyio.abc.SocketAttribute.local_address)
+                    assert isinstance(local, tuple)
+                    host, port = local[:2]
                     assert one.peer == f"{host}:{port}"
                     assert one.transport == "tcp"
                     assert (one.bytes_received, one.bytes_sent) == (5, 5)
@@ -149,7 +151,9 @@ async def test_recording_keeps_the_bytes_in_order_with_times() -> None:
             async with await server.connect() as client:
                 for piece in pieces:
                     await round_trip(client, piece)
-                host, port = client.extra(anyio.abc.SocketAttribute.local_address)
+                local = client.extra(anyio.abc.SocketAttribute.local_address)
+                assert isinstance(local, tuple)
+                host, port = local[:2]
                 await client.send_eof()
                 with pytest.raises(EndOfStream):
                     await client.receive()

@@ -406,9 +406,7 @@ def _check_control(args: argparse.Namespace) -> None:
     try:
         import h11  # noqa: F401
     except ImportError as exc:
-        raise ValueError(
-            "--control needs h11: pip install 'anyecho[control]'"
-        ) from exc
+        raise ValueError("--control needs h11: pip install 'anyecho[control]'") from exc
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
