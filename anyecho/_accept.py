@@ -15,6 +15,7 @@ from ._errors import describe
 from ._logs import LogLimiter
 from ._sockets import ListenAddress, reset_on_close
 from ._stats import ServerStats
+from .faults._live import AcceptGate
 
 __all__ = [
     "ACCEPT_BACKOFF",
@@ -231,6 +232,8 @@ async def accept_loop(
     admission: Admission,
     start: Start,
     stats: ServerStats,
+    *,
+    gate: AcceptGate | None = None,
 ) -> None:
     """Accept from ``sock`` until cancelled or closed; ``start`` each connection.
 
@@ -239,10 +242,13 @@ async def accept_loop(
     and nginx do: a newcomer waits one trip round the event loop behind the
     busy connections, not one trip per client ahead of it. Nothing here can
     fail because of one client: the accepted socket goes straight to its own
-    task, where everything else is done.
+    task, where everything else is done. While ``gate`` is paused (the
+    ``pause_accepting`` fault), it accepts nothing and the listen queue fills.
     """
     batch = 0
     while True:
+        if gate is not None and gate.paused:
+            await gate.wait_open()
         await admission.acquire(address)
         try:
             client, peer = _accept(sock)

@@ -323,11 +323,14 @@ def parse_host_port(text: str, default_host: str) -> tuple[str, int]:
     return host, port
 
 
-def host_port(text: str) -> tuple[str, int]:
-    """An address to serve an endpoint on: a port alone is on loopback."""
-    from ._config import DEFAULT_HOST
+def host_port(default_host: str) -> Callable[[str], tuple[str, int]]:
+    """The type of an address to serve an endpoint on: a port alone is on
+    ``default_host``."""
 
-    return _argument(lambda t: parse_host_port(t, DEFAULT_HOST), text)
+    def address(text: str) -> tuple[str, int]:
+        return _argument(lambda t: parse_host_port(t, default_host), text)
+
+    return address
 
 
 def backend_name(text: str) -> str:

@@ -6,16 +6,16 @@ import dataclasses
 import math
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
-
-from anyio.abc import ByteStream
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 from ._echo import RECEIVE_SIZE
+from ._wrap import WrapStream
+from .faults import Faults
 
 __all__ = [
     "DEFAULT_HOST",
@@ -44,7 +44,6 @@ AUTO_PER_SOURCE_UNLIMITED = 100
 #: privileged on most systems.)
 DEFAULT_PORT = 8888
 
-WrapStream = Callable[[ByteStream], ByteStream]
 
 #: Source ports never answered: 0 (not a real port), every well-known port (0-1023:
 #: echo 7, discard 9, daytime 13, qotd 17, chargen 19, time 37, DNS 53, NTP 123,
@@ -127,6 +126,11 @@ class ServerConfig:
     :param receive_size: the most bytes the handler asks for per receive
     :param wrap_stream: applied to each connection's stream before it is echoed, to
         inject faults or observe traffic; ``echo`` itself never changes
+    :param faults: the faults to inject from the start
+        (:class:`~anyecho.faults.Faults`); change them while the server runs
+        with :meth:`~anyecho.EchoServer.set_faults`. They apply on top of
+        ``wrap_stream``, which sees the traffic as it goes to and from the
+        socket.
     :param drain_timeout: on a graceful stop, how long open connections may take
         to finish before they are closed (seconds)
     :param unix: Unix socket paths to listen on as well. A stale socket file left by
@@ -178,6 +182,7 @@ class ServerConfig:
     backlog: int = 4096
     receive_size: int = RECEIVE_SIZE
     wrap_stream: WrapStream | None = None
+    faults: Faults | None = None
     drain_timeout: float = 5.0
     unix: Sequence[str] = ()
     unix_mode: int = 0o600
@@ -221,6 +226,10 @@ class ServerConfig:
         elif not self.unix:
             raise ValueError("nothing to serve: no TCP port and no Unix socket")
         check_number("receive_size", self.receive_size, integer=True)
+        if self.faults is not None and not isinstance(self.faults, Faults):
+            raise ValueError(
+                f"invalid faults {self.faults!r}: expected an anyecho.Faults"
+            )
         check_number("backlog", self.backlog, integer=True)
         unix: Any = self.unix
         paths = (unix,) if isinstance(unix, str | os.PathLike) else tuple(unix)
@@ -300,6 +309,7 @@ class ServerOptions(TypedDict, total=False):
     backlog: int
     receive_size: int
     wrap_stream: WrapStream | None
+    faults: Faults | None
     drain_timeout: float
     unix: Sequence[str]
     unix_mode: int

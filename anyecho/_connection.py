@@ -3,15 +3,16 @@ connections (to list, close or reset them), and the idle watchdog."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import logging
 import socket
 import ssl
 import struct
 import termios
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
@@ -29,14 +30,9 @@ from ._recording import EndReason, Recorder, Recording, RecordingStream
 from ._sockets import reset_on_close
 from ._stats import ServerStats
 from ._wrap import StreamWrapper
+from .faults._live import ConnectionFaults, FaultControl, hold, refuse
 
-__all__ = [
-    "ConnectionInfo",
-    "ConnectionState",
-    "Connections",
-    "StreamTransport",
-    "note_fault",
-]
+__all__ = ["ConnectionInfo", "ConnectionState", "Connections", "StreamTransport"]
 
 #: The transports a stream connection comes over.
 StreamTransport = Literal["tcp", "tls", "unix"]
@@ -87,12 +83,12 @@ class ConnectionState(ByteCounts):
 
     __slots__ = (
         "ending",
-        "fault",
-        "faulted",
+        "faults",
         "fd",
         "id",
         "opened_at",
         "opened_wall",
+        "outcome",
         "peer",
         "scope",
         "seen",
@@ -121,11 +117,12 @@ class ConnectionState(ByteCounts):
         self.sock = sock
         #: the socket's descriptor, for the kernel's send queue
         self.fd = sock.fileno()
-        #: faults apply to it; and the fault that ended it, if one did
-        self.faulted = False
-        self.fault: str | None = None
+        #: its part in the server's faults (set once it joined them)
+        self.faults: ConnectionFaults | None = None
         #: ``closed`` or ``aborted`` once a close or reset was asked for
         self.ending: EndReason | None = None
+        #: ``reset`` or ``error`` when its error boundary caught one
+        self.outcome: EndReason | None = None
         #: when progress was last seen, and how much there had been by then
         self.since = now
         self.seen = 0
@@ -155,7 +152,7 @@ class ConnectionState(ByteCounts):
             age=max(0.0, now - self.opened_at),
             bytes_received=self.received,
             bytes_sent=self.sent,
-            faulted=self.faulted,
+            faulted=self.faults is not None and self.faults.faults is not None,
         )
 
     def end(self, how: EndReason) -> bool:
@@ -169,19 +166,6 @@ class ConnectionState(ByteCounts):
         if self.scope is not None:
             self.scope.cancel()
         return True
-
-
-#: The connection whose task this is: faults tell it that they ended it.
-_current: ContextVar[ConnectionState | None] = ContextVar(
-    "anyecho_connection", default=None
-)
-
-
-def note_fault(kind: str) -> None:
-    """Tell the current connection (if any) that a fault of ``kind`` ends it."""
-    state = _current.get()
-    if state is not None and state.fault is None:
-        state.fault = kind
 
 
 def _unread(fd: int) -> int:
@@ -227,6 +211,7 @@ class Connections:
     :param stats: its counters, which hold the registry of open connections
     :param released: called with a connection's source address once it ends
         (``None`` for a source not counted)
+    :param faults: the server's faults
     """
 
     def __init__(
@@ -234,8 +219,10 @@ class Connections:
         config: ServerConfig,
         stats: ServerStats,
         released: Callable[[str | None], None],
+        faults: FaultControl,
     ) -> None:
         self.config = config
+        self._faults = faults
         self._stats = stats
         self._released = released
         #: the recordings, when the config asks for them
@@ -280,36 +267,29 @@ class Connections:
 
         Everything done for the connection happens in here, inside one ``try``:
         making its stream, the TLS handshake, the user's ``wrap_stream``, the
-        echo, logging and closing. Only cancellation (a stop) leaves this task.
+        faults, the echo, logging and closing. Only cancellation (a stop) leaves
+        this task.
         """
         name = format_peer(peer)
         state = ConnectionState(
             anyio.current_time(), client, name, self._transport(client)
         )
         state.id = self._stats.opened(state)
-        _current.set(state)
-        recorder = self.recorder
+        faults = state.faults = self._faults.join(state)
         recording = None
-        if recorder is not None:
-            recording = recorder.open(state.id, name, state.transport, state.opened_at)
+        if self.recorder is not None:
+            recording = self.recorder.open(
+                state.id, name, state.transport, state.opened_at
+            )
         ended: EndReason = "stop"
-        conn: list[ByteStream] = []  # the stream, once made
+        conn: list[ByteStream] = []  # the streams made, the outermost last
         try:
             logger.debug("%s: connected", name)
-            with CancelScope() as state.scope:
-                ended = await self._run(client, state, recording, conn)
-            if state.timed_out:
-                ended = "timeout"
-                self._stats.error("timeout")
-                logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
-            elif state.ending is not None:
-                ended = state.ending
-                logger.debug("%s: %s on request", name, ended)
-            elif state.fault is not None and ended in ("eof", "reset"):
-                ended = "fault"
+            ended = await self._serve(client, state, faults, recording, conn)
         finally:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
+            self._faults.leave(faults)
             self._stats.closed(state.id)
             self._released(source)
             if recording is not None:
@@ -328,54 +308,148 @@ class Connections:
             else:
                 await _close(conn[-1])
 
-    async def _run(
+    async def _serve(
+        self,
+        client: socket.socket,
+        state: ConnectionState,
+        faults: ConnectionFaults,
+        recording: Recording | None,
+        conn: list[ByteStream],
+    ) -> EndReason:
+        """Serve the connection in its error boundary; how it ended (a stop
+        cancels it instead)."""
+        name = state.peer
+        ended: EndReason = "stop"
+        stream: ByteStream | None = None
+        with CancelScope() as state.scope:
+            faults.scope = state.scope
+            async with self._boundary(name, faults, state):
+                if faults.turned_away:
+                    await self._turn_away(client, faults, name)
+                    return "fault"
+                stream = await self._start(client, state, recording, conn)
+                if stream is None:
+                    return "error"
+                await self._echo(stream, state, faults)
+                ended = "eof"
+        if faults.interrupted and stream is not None and not state.timed_out:
+            # Faults reached the connection: it goes on under them.
+            with CancelScope() as state.scope:
+                faults.scope = state.scope
+                async with self._boundary(name, faults, state):
+                    await self._echo_faulted(stream, state, faults)
+                    ended = "eof"
+        if state.outcome is not None:
+            ended = state.outcome
+        if state.timed_out:
+            self._stats.error("timeout")
+            logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
+            return "timeout"
+        if state.ending is not None:
+            logger.debug("%s: %s on request", name, state.ending)
+            return state.ending
+        if faults.cut is not None:
+            return "fault"
+        return ended
+
+    async def _start(
         self,
         client: socket.socket,
         state: ConnectionState,
         recording: Recording | None,
         conn: list[ByteStream],
-    ) -> EndReason:
-        """Make the stream (into ``conn``), shake hands, echo; how it ended."""
-        name = state.peer
+    ) -> ByteStream | None:
+        """The stream to echo on (after TLS, recorded); ``None`` if the TLS
+        handshake failed. Each stream made goes into ``conn``, to be closed."""
+        raw = await adopt(client)
+        conn.append(raw)
+        if isinstance(raw, _Progress):
+            state.wire = raw
+        stream: ByteStream = raw
+        context = self.config.ssl_context
+        if context is not None:
+            tls = await self._handshake(raw, context, state.peer)
+            if tls is None:
+                return None
+            conn.append(tls)
+            stream = tls
+        if recording is not None:
+            # Beneath the faults, after TLS: what the client sent.
+            return RecordingStream(stream, recording)
+        return stream
+
+    @contextlib.asynccontextmanager
+    async def _boundary(
+        self, name: str, faults: ConnectionFaults, state: ConnectionState
+    ) -> AsyncIterator[None]:
+        """The error boundary of one connection: errors are counted and logged,
+        and noted as how it ended (``state.outcome``).
+
+        A connection lost after a fault cut it short is no error: the fault is
+        counted already.
+        """
         try:
-            stream = await adopt(client)
-            conn.append(stream)
-            if isinstance(stream, _Progress):
-                state.wire = stream
-            context = self.config.ssl_context
-            if context is not None:
-                tls = await self._handshake(stream, context, name)
-                if tls is None:
-                    return "error"
-                conn.append(tls)
-            await self._echo(conn[-1], state, recording)
+            yield
         except (BrokenResourceError, ClosedResourceError, EndOfStream, OSError) as exc:
-            self._stats.error("reset")
+            state.outcome = "reset"
+            if faults.cut is None:
+                self._stats.error("reset")
             logger.debug("%s: connection lost (%s)", name, describe(exc))
-            return "reset"
         except Exception:
+            state.outcome = "error"
             self._stats.error("handler")
             self._log_failed(
                 "%s: handler failed; closing this connection", name, exc_info=True
             )
-            return "error"
-        return "eof"
+
+    async def _turn_away(
+        self, client: socket.socket, faults: ConnectionFaults, name: str
+    ) -> None:
+        """The ``refuse`` and ``blackhole`` faults: never serve the connection."""
+        assert faults.faults is not None
+        if faults.faults.refuse:
+            self._faults.count("refuse")
+            logger.debug("%s: fault: refused (reset)", name)
+            refuse(client)
+            return
+        self._faults.count("blackhole")
+        logger.debug("%s: fault: blackhole", name)
+        client.setblocking(False)
+        await hold(client)
 
     async def _echo(
-        self, conn: ByteStream, state: ConnectionState, recording: Recording | None
+        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
     ) -> None:
-        config = self.config
-        if recording is not None:
-            conn = RecordingStream(conn, recording)
-        wrap = config.wrap_stream
-        if wrap is None:
-            await echo(conn, receive_size=config.receive_size, counts=state)
-        else:
-            # Count what passes on the wire, beneath the wrapper.
-            counted = _Counted(conn, state)
-            wrapped = wrap(counted)
-            state.faulted = wrapped is not counted
-            await echo(wrapped, receive_size=config.receive_size)
+        if self.config.wrap_stream is None and not (
+            self._faults.engaged or faults.needs_stream
+        ):
+            # No fault has ever shaped a stream: the plain echo, until faults
+            # reach it (which cancel it between two chunks, to go on below).
+            faults.echoing = True
+            if isinstance(conn, _Progress) and conn is state.wire:
+                faults.settled = functools.partial(_handed_over, state, conn)
+            await echo(conn, receive_size=self.config.receive_size, counts=state)
+            faults.echoing = False
+            return
+        await self._echo_faulted(conn, state, faults)
+
+    async def _echo_faulted(
+        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
+    ) -> None:
+        # Count what passes on the wire, beneath the wrapper and the faults.
+        counted = _Counted(conn, state)
+        faults.interrupted = False
+        if faults.cut is None:
+            wrap = self.config.wrap_stream
+            stream = counted if wrap is None else wrap(counted)
+            with CancelScope() as scope:
+                faults.scope = scope
+                await echo(faults.stream(stream), receive_size=self.config.receive_size)
+            faults.scope = state.scope
+            if not scope.cancelled_caught:
+                return
+        if faults.cut is not None:
+            await faults.finish_cut(counted)
 
     async def _handshake(
         self, stream: SocketStream, context: ssl.SSLContext, name: str
@@ -419,6 +493,17 @@ class Connections:
                     state.timed_out = True
                     if state.scope is not None:
                         state.scope.cancel()
+
+
+def _handed_over(state: ConnectionState, stream: object) -> bool:
+    """Whether every byte received was echoed, or handed to the kernel (or the
+    transport) by a send that has yet to return: cancelling the echo then loses
+    nothing. (A Trio send returns after a checkpoint, with its data sent; an
+    asyncio send waiting for the transport to drain has written its data.)"""
+    if state.received == state.sent:
+        return True
+    written = getattr(stream, "_written", None)
+    return written is not None and written == state.received
 
 
 async def _close(stream: ByteStream) -> None:

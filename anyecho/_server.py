@@ -8,6 +8,7 @@ connection and watches for idle ones, :mod:`._udp` serves datagrams.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import sys
@@ -27,13 +28,15 @@ if TYPE_CHECKING:
 from . import _sockets
 from ._accept import Admission, Start, accept_loop
 from ._backends import check_event_loop, current_backend_name
-from ._config import ServerConfig, ServerOptions
+from ._config import ServerConfig, ServerOptions, check_number
 from ._connection import ConnectionInfo, Connections
 from ._memory import keep_freed_memory
 from ._recording import Recorder, Recording
 from ._sockets import ListenAddress, Transport
 from ._stats import ServerStats, StatsSnapshot
 from ._udp import UDPGuard, serve_udp
+from .faults import Faults
+from .faults._live import FaultControl
 
 __all__ = ["EchoServer", "serve"]
 
@@ -72,7 +75,10 @@ class EchoServer:
         self._admission = Admission(
             config.max_connections, config.per_source_limit, self._stats
         )
-        self._connections = Connections(config, self._stats, self._admission.release)
+        self._faults = FaultControl(self._stats, config.faults)
+        self._connections = Connections(
+            config, self._stats, self._admission.release, self._faults
+        )
         self._accept_scope: CancelScope | None = None
         self._connections_scope: CancelScope | None = None
         self._stop_requested: float | None = None
@@ -133,6 +139,64 @@ class EchoServer:
         the predicate is false.
         """
         return await self._stats.wait_until(predicate)
+
+    @property
+    def faults(self) -> Faults | None:
+        """The faults injected now (``None``: none); see :meth:`set_faults`."""
+        return self._faults.faults
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Replace the faults the server injects, at once, while it runs.
+
+        Which connections a change reaches:
+
+        - **new connections**: always; ``fraction`` is drawn again from a new
+          ``random.Random(seed)``, first for the open connections (in the order
+          they opened), then for each new one.
+        - **open connections**: for the stream faults (``delay``, ``jitter``,
+          ``fragment``, ``throttle``, the ``read_*`` faults, ``slow_close``) from
+          their next chunk, and for the cut-offs (``close_after``,
+          ``reset_after``, ``stall_after`` and their ``*_seconds`` forms),
+          whose byte counts and clocks start at the change. A cut-off that is
+          due at once (``reset_after=0``, ``close_after_seconds=0``) cuts every
+          chosen open connection now, even an idle one.
+        - ``refuse`` and ``blackhole`` concern accepting: they reach new
+          connections only. ``pause_accepting`` stops the accept loops at once.
+
+        A cut is final: clearing the faults does not revive a connection that
+        was closed, reset or stalled. Call it from the event loop thread that
+        runs the server; it may be called before :meth:`serve`, too.
+
+        .. code-block:: python
+
+            server.set_faults(Faults(reset_after=0))  # reset every open connection
+
+        :param faults: the new faults, or ``None`` for none
+        """
+        self._faults.set(faults)
+
+    def clear_faults(self) -> None:
+        """Inject no more faults (``set_faults(None)``)."""
+        self._faults.set(None)
+
+    def pause_accepting(self, seconds: float | None = None) -> None:
+        """Accept no connection for ``seconds`` (``None``: until
+        :meth:`resume_accepting`).
+
+        The listening sockets stay open: clients that connect meanwhile wait in
+        the listen queue, which holds about :attr:`~ServerConfig.backlog` of
+        them; past that the kernel drops their connection attempts (on Linux:
+        it ignores the SYN, and the client's connect times out unless the pause
+        ends first). Open connections are not affected.
+        """
+        if seconds is not None:
+            check_number("seconds", seconds, allow_zero=True)
+        self._faults.gate.pause(seconds)
+
+    def resume_accepting(self) -> None:
+        """Accept again after :meth:`pause_accepting` (a ``pause_accepting``
+        fault keeps the server paused until it is cleared)."""
+        self._faults.gate.resume()
 
     # --- the open connections ----------------------------------------------------
 
@@ -311,6 +375,7 @@ class EchoServer:
                 current_backend_name(),
             )
             async with create_task_group() as services:
+                services.start_soon(self._faults.run)
                 if config.idle_timeout is not None:
                     services.start_soon(
                         self._connections.watch_idle, config.idle_timeout
@@ -355,7 +420,7 @@ class EchoServer:
             async with create_task_group() as acceptors:
                 for sock, address in streams:
                     acceptors.start_soon(
-                        accept_loop,
+                        functools.partial(accept_loop, gate=self._faults.gate),
                         sock,
                         address,
                         self._admission,

@@ -29,6 +29,13 @@ class StatsSnapshot:
     :param errors: errors by kind, 0 for kinds not seen (``accept``, ``reset``,
         ``handler``, ``tls``,
         ``timeout``, ``udp receive``, ...)
+    :param faults_injected: faults injected on purpose, by kind, 0 for kinds not
+        seen; they are not errors. Each event counts once: ``reset``, ``close``
+        and ``stall`` (a connection cut short), ``refuse`` and ``blackhole`` (a
+        connection accepted and reset, or never answered), ``slow_close`` (an
+        end of stream held back); the stream faults (``delay``, ``fragment``,
+        ``throttle``, ``read_delay``, ``read_throttle``) count the connections
+        they were applied to, again each time the faults change
     :param datagrams_dropped_by_reason: UDP datagrams not answered, by reason:
         ``blocked-port`` (a source port the reflection guard never answers),
         ``rate-limit`` (the source's packet or byte budget is spent),
@@ -44,12 +51,19 @@ class StatsSnapshot:
     datagrams_echoed: int = 0
     datagrams_dropped: int = 0
     errors: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    faults_injected: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     datagrams_dropped_by_reason: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({})
     )
 
     def summary(self) -> str:
-        """One line for a log, such as ``connections 3 active / 120 total, ...``."""
+        """One line for a log, such as ``connections 3 active / 120 total, ...``.
+
+        Injected faults have their own part (``faults injected: reset 2``),
+        before the errors.
+        """
         errors = ", ".join(f"{kind} {n}" for kind, n in sorted(self.errors.items()))
         line = (
             f"connections {self.active_connections} active / "
@@ -64,6 +78,9 @@ class StatsSnapshot:
             reasons = sorted(self.datagrams_dropped_by_reason.items())
             if reasons:
                 line += " (" + ", ".join(f"{why} {n}" for why, n in reasons) + ")"
+        faults = sorted(self.faults_injected.items())
+        if faults:
+            line += ", faults injected: " + ", ".join(f"{k} {n}" for k, n in faults)
         return f"{line}, errors: {errors or 'none'}"
 
 
@@ -83,6 +100,7 @@ class ServerStats:
         self.datagrams_dropped = 0
         self.datagrams_dropped_by_reason: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.faults_injected: Counter[str] = Counter()
         #: the open connections' own counters, by connection id: the one registry
         #: of open connections (the connections' own records are kept here)
         self.open: dict[int, ByteCounts] = {}
@@ -113,6 +131,11 @@ class ServerStats:
     def error(self, kind: ErrorKind) -> None:
         """Count one error of ``kind``."""
         self.errors[kind] += 1
+        self.changed()
+
+    def fault(self, kind: str) -> None:
+        """Count one fault injected on purpose, of ``kind``."""
+        self.faults_injected[kind] += 1
         self.changed()
 
     def turned_away(self, kind: ErrorKind) -> None:
@@ -157,6 +180,7 @@ class ServerStats:
             datagrams_echoed=self.datagrams_echoed,
             datagrams_dropped=self.datagrams_dropped,
             errors=MappingProxyType(Counter(self.errors)),
+            faults_injected=MappingProxyType(Counter(self.faults_injected)),
             datagrams_dropped_by_reason=MappingProxyType(
                 Counter(self.datagrams_dropped_by_reason)
             ),

@@ -7,7 +7,10 @@ from typing import Any
 
 from anyio.abc import ByteStream
 
-__all__ = ["StreamWrapper"]
+__all__ = ["StreamWrapper", "WrapStream"]
+
+#: What ``wrap_stream`` is: a stream in, the stream to echo on out.
+WrapStream = Callable[[ByteStream], ByteStream]
 
 
 class StreamWrapper(ByteStream):

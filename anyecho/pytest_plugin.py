@@ -93,7 +93,9 @@ class EchoServerFactory:
         """An ``async with`` block that runs a server (see :func:`~.serving`).
 
         :param config: the settings, used as they are (default: the test settings)
-        :param faults: faults to inject on its connections
+        :param faults: faults to inject on its connections; the server it yields
+            changes them while the test runs
+            (:meth:`~anyecho.testing.RunningServer.set_faults`)
         :param tls: serve TLS with a certificate from ``anyecho_ca`` (unless
             ``ssl_context`` is given); :meth:`~anyecho.testing.RunningServer.connect`
             then trusts it
@@ -110,9 +112,9 @@ class EchoServerFactory:
                 )
             if client_ssl_context is None:
                 client_ssl_context = getfixturevalue("anyecho_client_ssl_context")
-        return serving(
-            config, faults=faults, client_ssl_context=client_ssl_context, **options
-        )
+        if faults is not None:
+            options["faults"] = faults
+        return serving(config, client_ssl_context=client_ssl_context, **options)
 
 
 @pytest.fixture(scope="session")

@@ -165,6 +165,39 @@ class RunningServer:
         )
 
     @property
+    def faults(self) -> Faults | None:
+        """The faults injected now; see :meth:`anyecho.EchoServer.set_faults`."""
+        return self.server.faults
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Replace the faults at once; new connections and open ones get them
+        (see :meth:`anyecho.EchoServer.set_faults` for which faults reach open
+        connections).
+
+        .. code-block:: python
+
+            async with serving() as server, await server.connect() as client:
+                await round_trip(client)
+                server.set_faults(Faults(reset_after=0))  # cut it on cue
+                with pytest.raises(anyio.BrokenResourceError):
+                    await client.receive()
+        """
+        self.server.set_faults(faults)
+
+    def clear_faults(self) -> None:
+        """Inject no more faults."""
+        self.server.clear_faults()
+
+    def pause_accepting(self, seconds: float | None = None) -> None:
+        """Accept nothing for a while; see
+        :meth:`anyecho.EchoServer.pause_accepting`."""
+        self.server.pause_accepting(seconds)
+
+    def resume_accepting(self) -> None:
+        """Accept again (see :meth:`anyecho.EchoServer.resume_accepting`)."""
+        self.server.resume_accepting()
+
+    @property
     def address(self) -> ListenAddress:
         """The first TCP (or TLS) address.
 
@@ -255,15 +288,6 @@ class RunningServer:
         return self.address_for(target)
 
 
-def _compose(
-    outer: Callable[[ByteStream], ByteStream],
-    inner: Callable[[ByteStream], ByteStream] | None,
-) -> Callable[[ByteStream], ByteStream]:
-    if inner is None:
-        return outer
-    return lambda stream: outer(inner(stream))
-
-
 def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -278,7 +302,6 @@ async def serving(
     config: ServerConfig | None = None,
     /,
     *,
-    faults: Faults | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
     **options: Unpack[ServerOptions],
 ) -> AsyncIterator[RunningServer]:
@@ -294,13 +317,14 @@ async def serving(
 
     :param config: the settings, used as they are; without one, the server starts
         from :data:`TEST_DEFAULTS` (``127.0.0.1``, a free port)
-    :param faults: faults to inject (:class:`~anyecho.faults.Faults`); they wrap
-        the config's own ``wrap_stream``, which thus sees the traffic as it goes
-        to and from the socket
     :param client_ssl_context: the default for :meth:`RunningServer.connect` to
         TLS addresses
     :param options: :class:`~anyecho.ServerConfig` fields, overriding ``config``
-        (or the defaults)
+        (or the defaults); among them ``faults``, the faults to inject from the
+        start (:class:`~anyecho.faults.Faults`), which apply on top of the
+        config's own ``wrap_stream`` (which thus sees the traffic as it goes to
+        and from the socket). Change them in the block with
+        :meth:`RunningServer.set_faults`.
 
     .. code-block:: python
 
@@ -311,9 +335,6 @@ async def serving(
         config = ServerConfig(**{**TEST_DEFAULTS, **options})
     elif options:
         config = config.replace(**options)
-    wrapper = faults.stream_wrapper() if faults is not None else None
-    if wrapper is not None:
-        config = config.replace(wrap_stream=_compose(wrapper, config.wrap_stream))
     server = EchoServer(config)
     try:
         async with anyio.create_task_group() as tg:

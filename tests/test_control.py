@@ -169,14 +169,18 @@ def test_stats_and_connections_after_a_known_workload(
         stats = server("GET", "/stats")
         assert stats["total_connections"] == 3
         assert stats["active_connections"] == 1
-        assert stats["bytes_received"] == stats["bytes_sent"] == 1029
+        # A send is counted once it returns, which may be just after the client
+        # has its echo: the open connection's last echo may be uncounted.
+        assert stats["bytes_received"] == 1029
+        assert stats["bytes_sent"] in (1024, 1029)
         assert stats["errors"] == {}
         [conn] = server("GET", "/connections")["connections"]
         host, port = sock.getsockname()
         assert conn["id"] == 3
         assert conn["peer"] == f"{host}:{port}"
         assert conn["transport"] == "tcp"
-        assert conn["bytes_received"] == conn["bytes_sent"] == 5
+        assert conn["bytes_received"] == 5
+        assert conn["bytes_sent"] in (0, 5)
         assert conn["faulted"] is False
         assert conn["age"] >= 0
         assert isinstance(conn["opened_at"], float)

@@ -293,7 +293,7 @@ def add_parser(subparsers: Any) -> None:
     )
     control.add_argument(
         "--control",
-        type=host_port,
+        type=host_port(default["host"]),
         default=None,
         metavar="[HOST:]PORT",
         help="serve the control API on this address; a port alone is on "
@@ -353,7 +353,7 @@ def config_from_args(args: argparse.Namespace, faults: Faults | None) -> ServerC
         unix=tuple(args.unix),
         udp_rate=RateLimit(args.udp_rate, args.udp_rate),
         udp_byte_rate=RateLimit(byte_rate, max(byte_rate / 2, 65536)),
-        wrap_stream=faults.stream_wrapper() if faults else None,
+        faults=faults,
     )
 
 

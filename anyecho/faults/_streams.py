@@ -11,7 +11,7 @@ import math
 import random
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import anyio
@@ -19,20 +19,27 @@ from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute
 
-from .._connection import note_fault
 from .._wrap import StreamWrapper as _Wrapper
 
 __all__ = [
+    "JITTER_DISTRIBUTIONS",
+    "CutoffMode",
     "Delay",
+    "JitterDistribution",
     "check_count",
     "check_delay",
+    "check_distribution",
     "check_rate",
     "check_seconds",
     "close_after",
     "default_burst",
     "delay",
+    "draw_delay",
     "fragment",
+    "read_delay",
+    "read_throttle",
     "reset_after",
+    "slow_close",
     "stall_after",
     "throttle",
 ]
@@ -43,6 +50,15 @@ logger = logging.getLogger("anyecho.faults")
 Delay = float | tuple[float, float]
 
 CutoffMode = Literal["close", "reset", "stall"]
+
+#: How :func:`delay`'s jitter is drawn (see :func:`draw_delay`).
+JitterDistribution = Literal["uniform", "normal", "pareto"]
+
+#: The jitter distributions, in the order the help lists them.
+JITTER_DISTRIBUTIONS: tuple[JitterDistribution, ...] = ("uniform", "normal", "pareto")
+
+#: The shape of the ``pareto`` jitter: 2 gives a mean of one ``jitter``.
+PARETO_SHAPE = 2.0
 
 
 # --- validation ---------------------------------------------------------------
@@ -77,15 +93,25 @@ def check_count(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def check_rate(value: object) -> float:
+def check_rate(value: object, name: str = "throttle") -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ValueError(f"invalid throttle {value!r}: expected bytes/s > 0")
+        raise ValueError(f"invalid {name} {value!r}: expected bytes/s > 0")
     return float(value)
+
+
+def check_distribution(value: object) -> JitterDistribution:
+    for name in JITTER_DISTRIBUTIONS:
+        if value == name:
+            return name
+    choices = ", ".join(JITTER_DISTRIBUTIONS)
+    raise ValueError(
+        f"invalid jitter_distribution {value!r}: expected one of {choices}"
+    )
 
 
 def default_burst(rate: float) -> int:
@@ -101,19 +127,114 @@ def default_burst(rate: float) -> int:
 # --- the wrappers -------------------------------------------------------------
 
 
+def draw_delay(
+    low: float,
+    high: float,
+    jitter: float,
+    distribution: JitterDistribution,
+    rng: random.Random,
+) -> float:
+    """One chunk's delay: the base (``low``, or uniform in ``low..high``) plus jitter.
+
+    ``uniform`` adds ``U(-jitter, +jitter)``; ``normal`` draws from a normal
+    distribution around the base with ``jitter`` as its standard deviation;
+    ``pareto`` adds ``jitter * (X - 1)`` with ``X ~ Pareto(2)``: never negative,
+    ``jitter`` on average, with a heavy tail. The sum is clipped at 0.
+    """
+    base = low if low == high else rng.uniform(low, high)
+    if not jitter:
+        return base
+    if distribution == "uniform":
+        base += rng.uniform(-jitter, jitter)
+    elif distribution == "normal":
+        base = rng.gauss(base, jitter)
+    else:
+        base += jitter * (rng.paretovariate(PARETO_SHAPE) - 1)
+    return max(0.0, base)
+
+
 class _Delayed(_Wrapper):
     def __init__(
-        self, stream: ByteStream, low: float, high: float, rng: random.Random
+        self,
+        stream: ByteStream,
+        low: float,
+        high: float,
+        rng: random.Random,
+        *,
+        jitter: float = 0.0,
+        distribution: JitterDistribution = "uniform",
     ) -> None:
         super().__init__(stream)
         self._low = low
         self._high = high
         self._rng = rng
+        self._jitter = jitter
+        self._distribution: JitterDistribution = distribution
 
     async def send(self, item: bytes) -> None:
-        low, high = self._low, self._high
-        await anyio.sleep(low if low == high else self._rng.uniform(low, high))
+        await anyio.sleep(
+            draw_delay(
+                self._low, self._high, self._jitter, self._distribution, self._rng
+            )
+        )
         await self.stream.send(item)
+
+
+class _ReadDelayed(_Wrapper):
+    """Wait before each receive: the peer's data sits in the socket buffers."""
+
+    def __init__(self, stream: ByteStream, seconds: float) -> None:
+        super().__init__(stream)
+        self._seconds = seconds
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        await anyio.sleep(self._seconds)
+        return await self.stream.receive(max_bytes)
+
+
+class _ReadThrottled(_Wrapper):
+    """Receive at most ``rate`` bytes per second (a token bucket), ``burst`` at once.
+
+    The server reads no faster, so what the peer sends piles up in the socket
+    buffers and the peer's sends block: backpressure, as a client sees it.
+    """
+
+    def __init__(self, stream: ByteStream, rate: float, burst: int) -> None:
+        super().__init__(stream)
+        self._rate = rate
+        self._burst = burst
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+
+    def _refill(self) -> float:
+        now = anyio.current_time()
+        if self._stamp is not None:
+            elapsed = now - self._stamp
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        self._stamp = now
+        return self._tokens
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        size = min(max_bytes, self._burst)
+        missing = size - self._refill()
+        if missing > 0:
+            await anyio.sleep(missing / self._rate)
+            self._refill()
+        data = await self.stream.receive(size)
+        self._tokens -= len(data)
+        return data
+
+
+class _SlowClose(_Wrapper):
+    """Wait ``seconds`` before ending the stream (the FIN, or TLS's close)."""
+
+    def __init__(self, stream: ByteStream, seconds: float) -> None:
+        super().__init__(stream)
+        self._seconds = seconds
+
+    async def send_eof(self) -> None:
+        await anyio.sleep(self._seconds)
+        await self.stream.send_eof()
 
 
 class _Fragmented(_Wrapper):
@@ -165,20 +286,28 @@ class _Throttled(_Wrapper):
 class _Cutoff(_Wrapper):
     """Echo ``limit`` bytes, then close, reset or stall (reading no further)."""
 
-    def __init__(self, stream: ByteStream, limit: int, mode: CutoffMode) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        limit: int,
+        mode: CutoffMode,
+        on_cut: Callable[[CutoffMode], None] | None = None,
+    ) -> None:
         super().__init__(stream)
         self._left = limit
         self._limit = limit
         self._mode = mode
         self._cut = False
         self._closed = False
+        self._on_cut = on_cut
 
     async def _cut_now(self) -> None:
         if self._cut:
             return
         self._cut = True
-        note_fault(self._mode)
         logger.debug("fault: %s after %d bytes", self._mode, self._limit)
+        if self._on_cut is not None:
+            self._on_cut(self._mode)
         if self._mode == "close":
             try:
                 await self.stream.send_eof()
@@ -192,7 +321,7 @@ class _Cutoff(_Wrapper):
                 try:
                     linger = struct.pack("ii", 1, 0)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                except OSError:  # already gone
+                except (OSError, ValueError):  # already gone (uvloop: ValueError)
                     pass
             await anyio.aclose_forcefully(self.stream)
 
@@ -247,13 +376,25 @@ class _Cutoff(_Wrapper):
 
 
 def delay(
-    stream: ByteStream, seconds: Delay, *, rng: random.Random | None = None
+    stream: ByteStream,
+    seconds: Delay,
+    *,
+    rng: random.Random | None = None,
+    jitter: float = 0.0,
+    jitter_distribution: JitterDistribution = "uniform",
 ) -> ByteStream:
     """Hold each chunk sent on ``stream`` for ``seconds`` before sending it.
 
+    The sleep is :func:`anyio.sleep`, so it follows the event loop's clock (a Trio
+    ``MockClock`` skips it).
+
     :param seconds: a fixed delay, or a ``(min, max)`` range to draw each chunk's
         delay from (uniformly)
-    :param rng: the random generator for a range (default: a new, unseeded one)
+    :param rng: the random generator for a range or jitter (default: a new,
+        unseeded one)
+    :param jitter: seconds of random variation around the delay, per chunk
+    :param jitter_distribution: ``uniform``, ``normal`` or ``pareto`` (heavy
+        tailed), see :func:`draw_delay`
 
     .. code-block:: python
 
@@ -261,7 +402,52 @@ def delay(
     """
     checked = check_delay(seconds)
     low, high = checked if isinstance(checked, tuple) else (checked, checked)
-    return _Delayed(stream, low, high, rng or random.Random())  # noqa: S311
+    jitter = check_seconds("jitter", jitter)
+    distribution = check_distribution(jitter_distribution)
+    rng = rng or random.Random()  # noqa: S311
+    return _Delayed(stream, low, high, rng, jitter=jitter, distribution=distribution)
+
+
+def read_delay(stream: ByteStream, seconds: float) -> ByteStream:
+    """Wait ``seconds`` before each receive from the peer.
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: read_delay(s, 0.1))
+    """
+    return _ReadDelayed(stream, check_seconds("read_delay", seconds))
+
+
+def read_throttle(
+    stream: ByteStream, rate: float, *, burst: int | None = None
+) -> ByteStream:
+    """Receive at most ``rate`` bytes per second (a token bucket).
+
+    The peer's data waits in the socket buffers; once they are full, the peer's
+    sends block. Up to ``burst`` bytes are read at once (default:
+    :func:`default_burst`).
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: read_throttle(s, 1024))
+    """
+    rate = check_rate(rate, "read_throttle")
+    if burst is None:
+        burst = default_burst(rate)
+    return _ReadThrottled(stream, rate, check_count("read_throttle burst", burst, 1))
+
+
+def slow_close(stream: ByteStream, seconds: float) -> ByteStream:
+    """Wait ``seconds`` before ending the stream once the echo is done.
+
+    The peer has every byte echoed, then waits this long for the end of the
+    stream (the FIN; on TLS, the ``close_notify``).
+
+    .. code-block:: python
+
+        config = ServerConfig(wrap_stream=lambda s: slow_close(s, 2))
+    """
+    return _SlowClose(stream, check_seconds("slow_close", seconds))
 
 
 def fragment(stream: ByteStream, size: int, *, pause: float = 0.0) -> ByteStream:
