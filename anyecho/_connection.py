@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import itertools
 import logging
 import socket
 import ssl
@@ -52,7 +53,7 @@ class ConnectionInfo:
     """One open stream connection, as :meth:`anyecho.EchoServer.connections` lists it.
 
     :param id: the connection's number: they count up from 1 in the order the
-        server accepted them, and are never reused while it runs
+        server accepted them (to serve them), and are never reused while it runs
     :param peer: the client's address as the logs write it: ``127.0.0.1:50312``,
         ``[::1]:50312``, ``unix-peer``
     :param transport: ``tcp``, ``tls`` or ``unix``
@@ -225,6 +226,7 @@ class Connections:
         self._faults = faults
         self._stats = stats
         self._released = released
+        self._ids = itertools.count(1)
         #: the recordings, when the config asks for them
         self.recorder: Recorder | None = None
         if config.record:
@@ -243,10 +245,14 @@ class Connections:
         self._log_tls_failed.flush()
         self._log_failed.flush()
 
+    def new_id(self) -> int:
+        """The id of the next connection: 1, 2, 3, ... in the order accepted."""
+        return next(self._ids)
+
     def infos(self) -> list[ConnectionInfo]:
         """Every open connection, oldest first."""
         now = anyio.current_time()
-        return [state.info(now) for state in self.open.values()]
+        return [state.info(now) for _, state in sorted(self.open.items())]
 
     def end(self, number: int, how: EndReason) -> bool:
         """Close or reset connection ``number``; ``False`` if it is not open."""
@@ -262,7 +268,13 @@ class Connections:
             return "unix"
         return "tcp" if self.config.ssl_context is None else "tls"
 
-    async def serve(self, client: socket.socket, peer: Any, source: str | None) -> None:
+    async def serve(
+        self,
+        client: socket.socket,
+        peer: Any,
+        source: str | None,
+        number: int | None = None,
+    ) -> None:
         """Serve one accepted socket. Whatever goes wrong ends this connection only.
 
         Everything done for the connection happens in here, inside one ``try``:
@@ -274,7 +286,8 @@ class Connections:
         state = ConnectionState(
             anyio.current_time(), client, name, self._transport(client)
         )
-        state.id = self._stats.opened(state)
+        state.id = self.new_id() if number is None else number
+        self._stats.opened(state.id, state)
         faults = state.faults = self._faults.join(state)
         recording = None
         if self.recorder is not None:

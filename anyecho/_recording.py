@@ -263,8 +263,8 @@ class Recorder:
 
     @property
     def recordings(self) -> list[Recording]:
-        """The recordings kept, oldest first."""
-        return list(self._recordings)
+        """The recordings kept, by connection id (the order of accepting)."""
+        return sorted(self._recordings, key=lambda recording: recording.id)
 
     @property
     def dropped(self) -> int:

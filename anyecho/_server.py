@@ -383,11 +383,16 @@ class EchoServer:
                 async with create_task_group() as connections:
                     self._connections_scope = connections.cancel_scope
                     serve_connection = self._connections.serve
+                    new_id = self._connections.new_id
 
                     def start(
                         client: socket.socket, peer: Any, source: str | None
                     ) -> None:
-                        connections.start_soon(serve_connection, client, peer, source)
+                        # The id is taken now, in the order of accepting: tasks
+                        # may start in any order (Trio shuffles them).
+                        connections.start_soon(
+                            serve_connection, client, peer, source, new_id()
+                        )
 
                     self._admission.start = start
                     await self._accepting(streams, datagrams, start, task_status)

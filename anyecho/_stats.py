@@ -143,18 +143,14 @@ class ServerStats:
         self.total_connections += 1
         self.error(kind)
 
-    def opened(self, counter: ByteCounts) -> int:
-        """Count a connection served, and register it; return its id.
+    def opened(self, number: int, counter: ByteCounts) -> None:
+        """Count a connection served, and register it under its id, ``number``.
 
-        Ids count up from 1 in the order connections are accepted (those turned
-        away take a number too), and are never reused while the server runs.
         Its bytes are read from ``counter`` until :meth:`closed`.
         """
         self.total_connections += 1
-        number = self.total_connections
         self.open[number] = counter
         self.changed()
-        return number
 
     def closed(self, number: int) -> None:
         """Fold a connection's bytes into the totals, and forget it."""

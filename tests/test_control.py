@@ -18,7 +18,7 @@ from anyecho.faults import Faults
 from anyecho.testing import serving
 
 from .processes import ServerProcess, echo_once, one_line_error
-from .utils import TIMEOUT
+from .utils import TIMEOUT, receive_exactly
 
 # --- a client --------------------------------------------------------------------
 
@@ -288,15 +288,19 @@ async def test_serve_control_in_process() -> None:
         async with serving() as server, anyio.create_task_group() as tg:
             [address] = await tg.start(serve_control, server.server)
             assert address.host == "127.0.0.1"
-            status, document = await anyio.to_thread.run_sync(
-                call, address.port, "PUT", "/faults", {"fragment": 1}
-            )
-            assert status == 200
-            assert document["fragment"] == 1
-            assert server.server.faults == Faults(fragment=1)
             async with await server.connect() as client:
                 await client.send(b"ab")
-                assert await client.receive() == b"a"
+                assert await receive_exactly(client, 2) == b"ab"
+                status, document = await anyio.to_thread.run_sync(
+                    call, address.port, "PUT", "/faults", {"reset_after": 0}
+                )
+                assert status == 200
+                assert document["reset_after"] == 0
+                assert server.server.faults == Faults(reset_after=0)
+                # The open connection is cut on cue.
+                with pytest.raises(anyio.BrokenResourceError):
+                    await client.receive()
+            assert await server.recording(1).wait_ended() == "fault"
             tg.cancel_scope.cancel()
 
 
