@@ -109,6 +109,7 @@ def faults_from_json(document: object) -> Faults | None:
     :raises RequestError: (a 400) for anything but an object of known fields
         with valid values
 
+    >>> from anyecho.control import faults_from_json
     >>> faults_from_json({"delay": [0.1, 0.2], "fraction": 0.5})
     Faults(delay=(0.1, 0.2), ..., fraction=0.5, ...)
     """
