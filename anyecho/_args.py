@@ -3,11 +3,13 @@
 Numbers are written the same way in every option: an integer or a decimal
 (``5``, ``0.25``, ``.5``), never a sign, an exponent, NaN or an infinity. Sizes
 and byte rates add an optional suffix (:data:`SIZE_SYNTAX`, parsed by
-:func:`parse_size`); durations are seconds. Each type checks the syntax, and what
-every value of its kind must be (a rate is above 0, a fraction at most 1);
-whether a setting may be 0 is for :class:`anyecho.ServerConfig` or
-:class:`anyecho.Faults` to say, which the commands ask. ``0`` meaning "no limit"
-becomes ``None`` in one place: :func:`zero_is_none`.
+:func:`parse_size`); durations are seconds, or a number with a unit
+(:data:`DURATION_SYNTAX`, parsed by :func:`parse_duration`). Each type checks
+the syntax, and what every value of its kind must be (a rate is above 0, a
+fraction at most 1); whether a setting may be 0 is for
+:class:`anyecho.ServerConfig` or :class:`anyecho.Faults` to say, which the
+commands ask. ``0`` meaning "no limit" becomes ``None`` in one place:
+:func:`zero_is_none`.
 
 Used by ``anyecho serve``, its fault options and ``anyecho bench``; this module
 imports only the standard library when it loads, and nothing of the commands.
@@ -21,6 +23,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = [
+    "DURATION",
+    "DURATION_SYNTAX",
     "SIZE_SYNTAX",
     "backend_name",
     "byte_count",
@@ -28,11 +32,13 @@ __all__ = [
     "byte_size",
     "count",
     "count_or_auto",
+    "duration_of",
     "file_mode",
     "format_size",
     "fraction",
     "host_name",
     "host_port",
+    "parse_duration",
     "parse_host_port",
     "parse_number",
     "parse_port_set",
@@ -55,9 +61,18 @@ SIZE_SYNTAX = (
     "such as 512, 64k or 1.5M"
 )
 
+#: How durations are written: the wording of every help text and error.
+DURATION_SYNTAX = (
+    "seconds, or a number with a unit ms, s or m, such as 0.05, 50ms, 2s or 1.5m"
+)
+
 #: An unsigned integer or decimal.
 NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _NUMBER = re.compile(NUMBER)
+#: A duration: a number and an optional unit (two groups).
+DURATION = rf"{NUMBER}\s*(ms|s|m)?"
+_DURATION = re.compile(DURATION, re.IGNORECASE)
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0}
 # k, ki, kb or kib (any case), or a bare b.
 _SIZE = re.compile(rf"{NUMBER}\s*(?:([kmg])i?b?|b)?", re.IGNORECASE)
 _FACTORS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -72,6 +87,24 @@ def parse_number(text: str) -> float:
     if match is None:
         raise ValueError(f"invalid number {text!r}")
     return float(match[1])
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """A duration in seconds, written as :data:`DURATION_SYNTAX` says: ``0.05``,
+    ``50ms``, ``2s``, ``1.5m``.
+
+    :param what: names the value in the error message
+    :raises ValueError: with a one-line message
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid {what} {text!r}: expected {DURATION_SYNTAX}")
+    return duration_of(match[1], match[2])
+
+
+def duration_of(number: str, unit: str | None) -> float:
+    """The seconds of a :data:`DURATION` match's two groups."""
+    return float(number) * _UNITS[unit and unit.lower()]
 
 
 def _scaled(text: str) -> float | None:
@@ -148,13 +181,8 @@ def rate(text: str) -> float:
 
 
 def seconds(text: str) -> float:
-    """A number of seconds, such as ``5`` or ``0.25`` (0 included)."""
-    try:
-        return parse_number(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a number of seconds, such as 5 or 0.25"
-        ) from exc
+    """A duration, such as ``5``, ``0.25`` or ``50ms`` (0 included)."""
+    return _argument(lambda t: parse_duration(t, "value"), text)
 
 
 def positive_seconds(text: str) -> float:

@@ -259,3 +259,34 @@ def test_a_failure_keeps_its_cause() -> None:
         serve_command(parse_serve("--tls-cert", "/nonexistent/cert.pem"))
     assert info.value.status == 2
     assert info.value.__cause__ is not None
+
+
+def test_faults_from_the_command_line_are_counted_in_the_summary(
+    run: type[ServerProcess], backend_name: str
+) -> None:
+    server = run(
+        "serve", "--port", "0", "--backend", backend_name, "--reset-after", "0",
+        "--backlog", "8",
+    )  # fmt: skip
+    port = server.wait_port()
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            with pytest.raises(ConnectionResetError):
+                client.sendall(b"x")
+                client.recv(1)
+    server.proc.send_signal(signal.SIGINT)
+    status, stderr = server.finish()
+    assert status == 0, stderr
+    assert "injecting faults: reset after 0 B; all connections" in stderr
+    assert "faults injected: reset 2, errors: none" in stderr
+
+
+def test_one_duration_grammar_everywhere() -> None:
+    args = parse_serve(
+        "--idle-timeout", "1.5m", "--drain-timeout", "500ms", "--delay", "50ms",
+        "--slow-close", "2s",
+    )  # fmt: skip
+    assert args.idle_timeout == 90.0
+    assert args.drain_timeout == 0.5
+    assert args.fault_delay == 0.05
+    assert args.fault_slow_close == 2.0

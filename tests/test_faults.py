@@ -4,6 +4,7 @@ wrappers on in-memory streams, the ``Faults`` description and its command line."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -555,6 +556,29 @@ def test_no_fault_options_means_no_faults() -> None:
         (["--close-after", "0"], Faults(close_after=0)),
         (["--reset-after", "4K"], Faults(reset_after=4096)),
         (["--stall-after", "100"], Faults(stall_after=100)),
+        (["--delay", "50ms"], Faults(delay=0.05)),
+        (["--delay", "10ms-2s"], Faults(delay=(0.01, 2.0))),
+        (["--fragment", "1:10ms"], Faults(fragment=1, fragment_pause=0.01)),
+        (
+            ["--delay", "50ms", "--jitter", "10ms", "--jitter-distribution", "pareto"],
+            Faults(delay=0.05, jitter=0.01, jitter_distribution="pareto"),
+        ),
+        (["--jitter", "1m"], Faults(jitter=60.0)),
+        (["--read-delay", "0.1"], Faults(read_delay=0.1)),
+        (["--read-throttle", "1k"], Faults(read_throttle=1024)),
+        (["--reset-after-seconds", "2s"], Faults(reset_after_seconds=2.0)),
+        (
+            ["--close-after-seconds", "500ms", "--after-first-byte"],
+            Faults(close_after_seconds=0.5, after_first_byte=True),
+        ),
+        (
+            ["--stall-after-seconds", "0", "--reset-after", "1k"],
+            Faults(stall_after_seconds=0.0, reset_after=1024),
+        ),
+        (["--refuse"], Faults(refuse=True)),
+        (["--blackhole"], Faults(blackhole=True)),
+        (["--slow-close", "1.5"], Faults(slow_close=1.5)),
+        (["--pause-accepting"], Faults(pause_accepting=True)),
         (
             ["--delay", "1", "--fault-fraction", "0.5", "--seed", "-4"],
             Faults(delay=1.0, fraction=0.5, seed=-4),
@@ -586,6 +610,15 @@ def test_fault_options(argv: list[str], expected: Faults) -> None:
             ["--close-after", "1", "--reset-after", "2"],
             "argument --reset-after: not allowed with argument --close-after",
         ),
+        (["--delay", "5h"], "invalid delay '5h'"),
+        (["--jitter", "1 day"], "invalid value '1 day': expected seconds, or a number"),
+        (["--jitter-distribution", "cauchy"], "invalid choice: 'cauchy'"),
+        (["--read-throttle", "0"], "invalid rate '0'"),
+        (
+            ["--reset-after-seconds", "1", "--close-after-seconds", "2"],
+            "not allowed with argument --reset-after-seconds",
+        ),
+        (["--refuse", "--blackhole"], "not allowed with argument --refuse"),
     ],
 )
 def test_bad_fault_options(argv: list[str], message: str) -> None:
@@ -595,10 +628,30 @@ def test_bad_fault_options(argv: list[str], message: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--jitter-distribution", "normal"], "--jitter-distribution needs --jitter"),
+        (["--after-first-byte"], "--after-first-byte needs a --*-after-seconds"),
+    ],
+)
+def test_fault_options_that_need_another(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("*", "[*]")):
+        faults_from_args(parse(*argv))
+
+
 def test_help_lists_the_fault_options() -> None:
     parser = argparse.ArgumentParser()
     add_fault_arguments(parser)
     text = parser.format_help()
     assert "fault injection" in text
-    for option in ("--delay", "--fragment", "--throttle", "--close-after"):
-        assert option in text
+    for field in dataclasses.fields(Faults):
+        if field.name in {"fraction", "seed"}:
+            continue
+        option = "--" + field.name.replace("_", "-")
+        if field.name.endswith("_burst"):
+            continue  # the bursts default to 0.1 s worth
+        if field.name == "fragment_pause":
+            option = "--fragment"
+        assert option in text, option
+    assert "--fault-fraction" in text

@@ -4,17 +4,27 @@ accepting, slow close, read faults), each as a real client sees it."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.abc import ByteStream
 
 import anyecho
 from anyecho import Faults
+from anyecho.faults import _streams as streams
+from anyecho.faults import default_burst
 from anyecho.testing import RunningServer, serving
 
-from .utils import CLOCK_RESOLUTION, TIMEOUT, read_to_end, round_trip
+from .utils import (
+    CLOCK_RESOLUTION,
+    TIMEOUT,
+    read_to_end,
+    receive_exactly,
+    round_trip,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -224,3 +234,271 @@ async def test_fixture_servers_take_and_change_faults(
         echo_server.clear_faults()
         async with await echo_server.connect() as client:
             await round_trip(client)
+
+
+# --- time cut-offs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("after_first_byte", [False, True])
+async def test_reset_after_seconds(after_first_byte: bool) -> None:
+    faults = Faults(reset_after_seconds=0.2, after_first_byte=after_first_byte)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(faults=faults) as server:
+            start = anyio.current_time()  # the server's clock starts after this
+            async with await server.connect() as client:
+                if after_first_byte:
+                    # The clock has not started: the connection stays.
+                    with anyio.move_on_after(0.3):
+                        await client.receive()
+                        pytest.fail("received bytes unasked")
+                    start = anyio.current_time()
+                    await round_trip(client)
+                await expect_reset(client)
+                assert anyio.current_time() - start >= 0.2 - CLOCK_RESOLUTION
+    assert server.stats.faults_injected["reset"] == 1
+    assert not server.stats.errors
+
+
+async def test_close_after_seconds_keeps_echoing_until_then() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(faults=Faults(close_after_seconds=0.3)) as server,
+            await server.connect() as client,
+        ):
+            await round_trip(client)  # before the deadline: a normal echo
+            await expect_end(client)
+            await client.send_eof()
+            await server.wait_stats(lambda s: s.active_connections == 0)
+    assert server.stats.faults_injected == {"close": 1}
+
+
+async def test_stall_after_seconds() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(faults=Faults(stall_after_seconds=0), drain_timeout=0) as server,
+            await server.connect() as client,
+        ):
+            await server.wait_stats(lambda s: s.faults_injected["stall"] == 1)
+            await client.send(b"hello?")
+            with anyio.move_on_after(0.2) as window:
+                await client.receive()
+            assert window.cancelled_caught
+            assert server.stats.bytes_received == 0
+
+
+async def test_byte_and_time_cutoffs_combine_first_one_wins() -> None:
+    faults = Faults(close_after=4, reset_after_seconds=30)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(faults=faults) as server, await server.connect() as client:
+            await client.send(b"abcdefgh")
+            assert await read_to_end(client) == b"abcd"
+    assert server.stats.faults_injected == {"close": 1}
+
+
+# --- refuse, blackhole, paused accepting, slow close -------------------------------
+
+
+async def test_refuse_resets_at_once() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(faults=Faults(refuse=True)) as server:
+            for _ in range(3):
+                async with await server.connect() as client:
+                    await expect_reset(client)
+            server.clear_faults()
+            async with await server.connect() as client:
+                await round_trip(client)
+    stats = server.stats
+    assert stats.faults_injected == {"refuse": 3}
+    assert not stats.errors
+    assert stats.bytes_received == 4
+
+
+async def test_refuse_a_share_of_connections_reproducibly() -> None:
+    async def pattern(seed: int) -> list[bool]:
+        refused: list[bool] = []
+        faults = Faults(refuse=True, fraction=0.5, seed=seed)
+        async with serving(faults=faults) as server:
+            for _ in range(16):
+                async with await server.connect() as client:
+                    try:
+                        await round_trip(client)
+                    except anyio.BrokenResourceError:
+                        refused.append(True)
+                    else:
+                        refused.append(False)
+        return refused
+
+    with anyio.fail_after(TIMEOUT):
+        first = await pattern(5)
+        assert await pattern(5) == first
+    assert 0 < sum(first) < 16
+
+
+async def test_blackhole_reads_nothing_and_answers_nothing() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(faults=Faults(blackhole=True)) as server:
+            async with await server.connect() as client:
+                await server.wait_stats(lambda s: s.faults_injected["blackhole"] == 1)
+                await client.send(b"anyone there?")
+                with anyio.move_on_after(0.2) as window:
+                    await client.receive()
+                assert window.cancelled_caught
+                assert server.stats.active_connections == 1
+            # The client went away: so does the connection.
+            await server.wait_stats(lambda s: s.active_connections == 0)
+            server.clear_faults()
+            async with await server.connect() as client:
+                await round_trip(client)
+    assert server.stats.bytes_received == 4  # nothing from the blackholed one
+    assert not server.stats.errors
+
+
+async def test_slow_close_holds_the_end_of_stream() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(faults=Faults(slow_close=0.3)) as server,
+            await server.connect() as client,
+        ):
+            await client.send(b"bye")
+            await client.send_eof()
+            assert await receive_exactly(client, 3) == b"bye"
+            start = anyio.current_time()
+            await expect_end(client)
+            assert anyio.current_time() - start >= 0.3 - CLOCK_RESOLUTION * 2
+    assert server.stats.faults_injected["slow_close"] == 1
+
+
+async def test_a_paused_server_lets_connects_time_out() -> None:
+    # A small listen queue: once it is full, the kernel drops the SYNs and a
+    # connect does not complete (Linux), until the server accepts again.
+    with anyio.fail_after(TIMEOUT):
+        async with serving(backlog=1) as server:
+            server.pause_accepting()
+            queued: list[ByteStream] = []
+            timed_out = False
+            try:
+                for _ in range(8):
+                    with anyio.move_on_after(0.5) as attempt:
+                        queued.append(await server.connect())
+                    if attempt.cancelled_caught:
+                        timed_out = True
+                        break
+                assert timed_out, "every connect completed with accepting paused"
+                assert server.stats.total_connections == 0
+                server.resume_accepting()
+                for client in queued:  # the queued ones are served now
+                    await round_trip(client)
+            finally:
+                for client in queued:
+                    await client.aclose()
+    assert server.stats.faults_injected["pause_accepting"] == 1
+
+
+async def test_pause_accepting_for_a_while_and_as_a_fault() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving() as server:
+            server.pause_accepting(0.2)
+            start = anyio.current_time()
+            async with await server.connect() as client:  # queued, then served
+                await round_trip(client)
+            assert anyio.current_time() - start >= 0.2 - CLOCK_RESOLUTION
+            server.set_faults(Faults(pause_accepting=True))
+            server.resume_accepting()  # the fault still holds
+            async with await server.connect() as client:
+                with anyio.move_on_after(0.2) as window:
+                    await round_trip(client)
+                assert window.cancelled_caught
+                server.clear_faults()
+                await round_trip(client)
+
+
+# --- what the server reads ---------------------------------------------------------
+
+
+async def test_read_throttle_blocks_the_client_send() -> None:
+    rate = 2000.0
+    with anyio.fail_after(TIMEOUT):
+        async with serving(faults=Faults(read_throttle=rate)) as server:
+            with socket.create_connection((server.host, server.port)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                sock.setblocking(False)
+                start = anyio.current_time()
+                sent = 0
+                chunk = b"x" * 65536
+                with pytest.raises(BlockingIOError):
+                    for _ in range(10_000):
+                        sent += sock.send(chunk)
+                        await anyio.lowlevel.checkpoint()  # let the server read
+                # The client's send would block: the server has read only what
+                # the throttle let through (a burst, then the rate), far less.
+                received = server.stats.bytes_received
+                elapsed = anyio.current_time() - start
+                assert received <= default_burst(rate) + rate * elapsed
+                assert received < sent
+                # It goes on reading (and echoing), at that pace.
+                await server.wait_stats(
+                    lambda s: s.faults_injected["read_throttle"] == 1
+                )
+                echoed = 0
+                while echoed < received + default_burst(rate):
+                    await anyio.wait_readable(sock)
+                    echoed += len(sock.recv(65536))
+    assert sent > 64 * 1024
+
+
+async def test_read_delay_holds_each_read() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(faults=Faults(read_delay=0.1)) as server,
+            await server.connect() as client,
+        ):
+            start = anyio.current_time()
+            await round_trip(client)
+            await round_trip(client)
+            assert anyio.current_time() - start >= 0.2 - CLOCK_RESOLUTION * 2
+    assert server.stats.faults_injected["read_delay"] == 1
+
+
+# --- jitter, and every random choice follows the seed -------------------------------
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "normal", "pareto"])
+async def test_jitter_follows_the_seed(
+    distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[float] = []
+    draw = streams.draw_delay
+
+    def recording_draw(*args: Any) -> float:
+        value = draw(*args)
+        drawn.append(value)
+        return 0.0  # keep the test quick: the draws are what is compared
+
+    monkeypatch.setattr(streams, "draw_delay", recording_draw)
+
+    async def run(seed: int) -> list[float]:
+        drawn.clear()
+        faults = Faults(
+            delay=0.05,
+            jitter=0.02,
+            jitter_distribution=distribution,  # type: ignore[arg-type]
+            fraction=0.5,
+            seed=seed,
+        )
+        async with serving(faults=faults) as server:
+            for _ in range(6):
+                async with await server.connect() as client:
+                    for message in (b"a", b"bb", b"ccc"):
+                        await round_trip(client, message)
+        return list(drawn)
+
+    with anyio.fail_after(TIMEOUT):
+        first = await run(11)
+        again = await run(11)
+        other = await run(12)
+    assert first == again
+    assert first != other
+    assert 0 < len(first) < 18  # a share of the 6 connections, 3 chunks each
+    assert len(first) % 3 == 0
+    assert all(value >= 0 for value in first)
+    assert len(set(first)) > 1

@@ -33,6 +33,7 @@ from .._args import (
     host_port,
     port_number,
     port_set,
+    positive_count,
     positive_seconds,
     rate,
     seconds,
@@ -66,6 +67,7 @@ logger = logging.getLogger("anyecho")
 
 #: The settings whose option's value is the setting itself, under its name.
 DIRECT_SETTINGS = (
+    "backlog",
     "unix_mode",
     "udp",
     "reuse_port",
@@ -244,6 +246,14 @@ def add_parser(subparsers: Any) -> None:
         help="bytes answered per second per source address, with a burst of half "
         "as many, at least 64 KiB (default: "
         f"{format_size(int(byte_rate_limit.rate))})",
+    )
+    limits.add_argument(
+        "--backlog",
+        type=positive_count,
+        default=default["backlog"],
+        metavar="N",
+        help="the listen queue's length: connections the kernel completes "
+        "before the server accepts them (default: %(default)s)",
     )
     limits.add_argument(
         "--receive-size",

@@ -11,9 +11,19 @@ from __future__ import annotations
 import argparse
 import re
 
-from .._args import NUMBER, SIZE_SYNTAX, byte_count, byte_rate, fraction, seed
+from .._args import (
+    DURATION,
+    DURATION_SYNTAX,
+    SIZE_SYNTAX,
+    byte_count,
+    byte_rate,
+    duration_of,
+    fraction,
+    seconds,
+    seed,
+)
 from ._spec import Faults
-from ._streams import Delay
+from ._streams import JITTER_DISTRIBUTIONS, Delay, JitterDistribution
 
 __all__ = [
     "add_fault_arguments",
@@ -22,36 +32,37 @@ __all__ = [
     "fragment_argument",
 ]
 
-_RANGE = re.compile(rf"{NUMBER}(?:\s*-\s*{NUMBER})?")
-_FRAGMENT = re.compile(rf"(\d+)(?::{NUMBER})?")
+_RANGE = re.compile(rf"{DURATION}(?:\s*-\s*{DURATION})?", re.IGNORECASE)
+_FRAGMENT = re.compile(rf"(\d+)(?::{DURATION})?", re.IGNORECASE)
 
 
 def delay_argument(text: str) -> Delay:
-    """Parse ``--delay``: ``SECONDS`` or ``MIN-MAX`` (``0.05``, ``0.01-0.1``)."""
+    """Parse ``--delay``: ``SECONDS`` or ``MIN-MAX`` (``0.05``, ``50ms``,
+    ``10ms-100ms``)."""
     match = _RANGE.fullmatch(text.strip())
     if match is None:
         raise argparse.ArgumentTypeError(
-            f"invalid delay {text!r}: expected SECONDS or MIN-MAX, such as 0.05 "
-            "or 0.01-0.1"
+            f"invalid delay {text!r}: expected SECONDS or MIN-MAX, such as 0.05, "
+            "50ms or 10ms-100ms"
         )
-    low = float(match[1])
-    if match[2] is None:
+    low = duration_of(match[1], match[2])
+    if match[3] is None:
         return low
-    high = float(match[2])
+    high = duration_of(match[3], match[4])
     if low > high:
         raise argparse.ArgumentTypeError(f"invalid delay {text!r}: MIN is above MAX")
     return (low, high)
 
 
 def fragment_argument(text: str) -> tuple[int, float]:
-    """Parse ``--fragment``: ``N`` or ``N:PAUSE`` (``16``, ``1:0.01``)."""
+    """Parse ``--fragment``: ``N`` or ``N:PAUSE`` (``16``, ``1:0.01``, ``1:10ms``)."""
     match = _FRAGMENT.fullmatch(text.strip())
     if match is None or int(match[1]) < 1:
         raise argparse.ArgumentTypeError(
             f"invalid fragment {text!r}: expected N or N:PAUSE with N >= 1, "
-            "such as 16 or 1:0.01"
+            "such as 16 or 1:10ms"
         )
-    return int(match[1]), float(match[2] or 0)
+    return int(match[1]), 0.0 if match[2] is None else duration_of(match[2], match[3])
 
 
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +75,12 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
 
         parser = argparse.ArgumentParser()
         add_fault_arguments(parser)
-        faults = faults_from_args(parser.parse_args(["--delay", "0.05"]))
+        faults = faults_from_args(parser.parse_args(["--delay", "50ms"]))
     """
     group = parser.add_argument_group(
         "fault injection",
-        f"Misbehave on purpose, to test clients. Sizes and rates: {SIZE_SYNTAX}.",
+        f"Misbehave on purpose, to test clients. Sizes and rates: {SIZE_SYNTAX}. "
+        f"Durations: {DURATION_SYNTAX}.",
     )
     group.add_argument(
         "--delay",
@@ -76,6 +88,22 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
         type=delay_argument,
         metavar="SECONDS|MIN-MAX",
         help="hold each echoed chunk this long, or a random time in a range",
+    )
+    group.add_argument(
+        "--jitter",
+        dest="fault_jitter",
+        type=seconds,
+        metavar="SECONDS",
+        help="vary each chunk's delay by this much, at random",
+    )
+    group.add_argument(
+        "--jitter-distribution",
+        dest="fault_jitter_distribution",
+        choices=JITTER_DISTRIBUTIONS,
+        default="uniform",
+        help="how the jitter is drawn: uniform (delay ± jitter), normal (standard "
+        "deviation jitter) or pareto (heavy tailed, jitter on average) "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--fragment",
@@ -90,6 +118,21 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
         type=byte_rate,
         metavar="BYTES_PER_S",
         help="echo at most this many bytes per second",
+    )
+    group.add_argument(
+        "--read-delay",
+        dest="fault_read_delay",
+        type=seconds,
+        metavar="SECONDS",
+        help="wait this long before each read from the client",
+    )
+    group.add_argument(
+        "--read-throttle",
+        dest="fault_read_throttle",
+        type=byte_rate,
+        metavar="BYTES_PER_S",
+        help="read at most this many bytes per second, so that the client's "
+        "sends block",
     )
     cutoff = group.add_mutually_exclusive_group()
     cutoff.add_argument(
@@ -114,6 +157,53 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop reading and echoing after this many bytes, keeping the "
         "connection open",
     )
+    timed = group.add_mutually_exclusive_group()
+    for mode, does in (
+        ("close", "end the stream cleanly"),
+        ("reset", "reset the connection"),
+        ("stall", "stop reading and echoing"),
+    ):
+        timed.add_argument(
+            f"--{mode}-after-seconds",
+            dest=f"fault_{mode}_after_seconds",
+            type=seconds,
+            metavar="SECONDS",
+            help=f"{does} this long after the connection opened (or its first "
+            "byte: --after-first-byte)",
+        )
+    group.add_argument(
+        "--after-first-byte",
+        dest="fault_after_first_byte",
+        action="store_true",
+        help="start the --*-after-seconds clocks at the first byte received",
+    )
+    turned_away = group.add_mutually_exclusive_group()
+    turned_away.add_argument(
+        "--refuse",
+        dest="fault_refuse",
+        action="store_true",
+        help="accept each connection and reset it at once",
+    )
+    turned_away.add_argument(
+        "--blackhole",
+        dest="fault_blackhole",
+        action="store_true",
+        help="accept each connection, then never read nor answer",
+    )
+    group.add_argument(
+        "--slow-close",
+        dest="fault_slow_close",
+        type=seconds,
+        metavar="SECONDS",
+        help="wait this long after the last echo before ending the stream",
+    )
+    group.add_argument(
+        "--pause-accepting",
+        dest="fault_pause_accepting",
+        action="store_true",
+        help="accept no connection: the listen queue (--backlog) fills, then "
+        "connects time out",
+    )
     group.add_argument(
         "--fault-fraction",
         dest="fault_fraction",
@@ -128,8 +218,26 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
         dest="fault_seed",
         type=seed,
         metavar="N",
-        help="seed the choice of connections and of random delays",
+        help="seed the choice of connections, the random delays and the jitter",
     )
+
+
+#: The options whose value is the field of the same name.
+_DIRECT = (
+    "delay",
+    "jitter",
+    "throttle",
+    "read_delay",
+    "read_throttle",
+    "close_after",
+    "reset_after",
+    "stall_after",
+    "close_after_seconds",
+    "reset_after_seconds",
+    "stall_after_seconds",
+    "slow_close",
+)
+_FLAGS = ("after_first_byte", "refuse", "blackhole", "pause_accepting")
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults | None:
@@ -144,17 +252,30 @@ def faults_from_args(args: argparse.Namespace) -> Faults | None:
     .. code-block:: python
 
         faults = faults_from_args(args)
-        config = ServerConfig(wrap_stream=faults and faults.stream_wrapper())
+        config = ServerConfig(faults=faults)
     """
     pieces: tuple[int, float] | None = getattr(args, "fault_fragment", None)
+    options: dict[str, object] = {
+        name: getattr(args, f"fault_{name}", None) for name in _DIRECT
+    }
+    options.update(
+        {name: bool(getattr(args, f"fault_{name}", False)) for name in _FLAGS}
+    )
+    distribution: JitterDistribution = getattr(
+        args, "fault_jitter_distribution", "uniform"
+    )
+    if distribution != "uniform" and options["jitter"] is None:
+        raise ValueError("--jitter-distribution needs --jitter")
+    if options["after_first_byte"] and not any(
+        options[f"{mode}_after_seconds"] is not None
+        for mode in ("close", "reset", "stall")
+    ):
+        raise ValueError("--after-first-byte needs a --*-after-seconds option")
     faults = Faults(
-        delay=getattr(args, "fault_delay", None),
+        **options,  # type: ignore[arg-type]
+        jitter_distribution=distribution,
         fragment=pieces[0] if pieces else None,
         fragment_pause=pieces[1] if pieces else 0.0,
-        throttle=getattr(args, "fault_throttle", None),
-        close_after=getattr(args, "fault_close_after", None),
-        reset_after=getattr(args, "fault_reset_after", None),
-        stall_after=getattr(args, "fault_stall_after", None),
         fraction=getattr(args, "fault_fraction", 1.0),
         seed=getattr(args, "fault_seed", None),
     )

@@ -231,7 +231,8 @@ class ConnectionFaults:
     def __init__(self, control: FaultControl, counts: _Counts) -> None:
         self._control = control
         self._counts = counts
-        self._rng = random.Random()  # noqa: S311
+        #: draws this connection's random delays (made once faults apply)
+        self._rng: random.Random | None = None
         #: the connection's cancel scope, set by the server
         self.scope: CancelScope | None = None
         #: the plain echo runs (no LiveStream): a move cancels it at a receive
@@ -272,9 +273,7 @@ class ConnectionFaults:
             if faults.after_first_byte:
                 self.first_byte = cutoff
             else:
-                deadline = anyio.current_time() + cutoff[1] if cutoff[1] else -1.0
-                if deadline >= 0:
-                    control.schedule(self, deadline, cutoff[0])
+                control.schedule(self, anyio.current_time() + cutoff[1], cutoff[0])
 
     def _echoed(self) -> bool:
         counts = self._counts
@@ -342,10 +341,13 @@ class ConnectionFaults:
         self.on_cut(mode)
         logger.debug("fault: %s now", mode)
         # On a LiveStream the echo's own scope is cancelled, and the cut made
-        # there; else the connection goes on to make it.
-        self.interrupted = not self.live
-        if self.scope is not None:
-            self.scope.cancel()
+        # there; the plain echo is cancelled and the connection goes on to make
+        # it. Before the echo starts, it is made where the echo would start.
+        if self.live or self.echoing:
+            self.interrupted = not self.live
+            self.echoing = False
+            if self.scope is not None:
+                self.scope.cancel()
 
     def on_cut(self, mode: CutoffMode) -> None:
         """Count a cut (made here, or by the byte cut-off of the stream)."""
