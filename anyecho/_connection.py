@@ -440,8 +440,10 @@ class Connections:
             # No fault has ever shaped a stream: the plain echo, until faults
             # reach it (which cancel it between two chunks, to go on below).
             faults.echoing = True
-            if isinstance(conn, _Progress) and conn is state.wire:
-                faults.settled = functools.partial(_handed_over, state, conn)
+            # (Seen through the recording, which only watches the receives.)
+            wire = conn.stream if isinstance(conn, RecordingStream) else conn
+            if isinstance(wire, _Progress) and wire is state.wire:
+                faults.settled = functools.partial(_handed_over, state, wire)
             await echo(conn, receive_size=self.config.receive_size, counts=state)
             faults.echoing = False
             return
