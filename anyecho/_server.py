@@ -369,6 +369,9 @@ class EchoServer:
                 self._listening_event().set()
                 raise
             self.addresses = [address for _, address in streams + datagrams]
+            faults = self._faults.faults
+            if faults is not None:
+                logger.info("injecting faults: %s", faults.describe())
             logger.info(
                 "serving echo on %s (backend %s)",
                 ", ".join(map(str, self.addresses)),

@@ -309,6 +309,32 @@ async def test_fragment_and_delay_over(
     assert max(recorder.sizes) <= 100
 
 
+@pytest.mark.parametrize("mode", ["reset", "close"])
+async def test_cut_on_cue_over(
+    transport: Literal["tls", "unix"], transport_options: dict[str, Any], mode: str
+) -> None:
+    # A connection that runs without faults, cut while idle by set_faults.
+    with anyio.fail_after(TIMEOUT):
+        async with serving(**transport_options) as server:
+            client = await server.connect(transport)
+            try:
+                await round_trip(client)
+                cue = (
+                    Faults(reset_after=0) if mode == "reset" else Faults(close_after=0)
+                )
+                server.set_faults(cue)
+                ends: tuple[type[Exception], ...] = (anyio.EndOfStream,)
+                if mode == "reset":  # a Unix socket has no reset: it ends
+                    ends = (anyio.BrokenResourceError, anyio.EndOfStream)
+                with pytest.raises(ends):
+                    await client.receive()
+                await server.wait_stats(lambda s: s.faults_injected[mode] == 1)
+            finally:
+                await anyio.aclose_forcefully(client)
+            await server.wait_stats(lambda s: s.active_connections == 0)
+    assert not server.stats.errors
+
+
 async def test_datagrams_are_not_faulted() -> None:
     # Faults wrap stream connections; UDP echo answers as usual.
     with anyio.fail_after(TIMEOUT):

@@ -4,6 +4,9 @@ accepting, slow close, read faults), each as a real client sees it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import socket
 from typing import Any
 
@@ -502,3 +505,81 @@ async def test_jitter_follows_the_seed(
     assert len(first) % 3 == 0
     assert all(value >= 0 for value in first)
     assert len(set(first)) > 1
+
+
+# --- the fields as JSON ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(delay=(0.01, 0.05), jitter=0.01, jitter_distribution="normal"),
+        Faults(read_throttle=1024, read_throttle_burst=64, read_delay=0.5),
+        Faults(reset_after_seconds=2, after_first_byte=True, close_after=10),
+        Faults(refuse=True, fraction=0.25, seed=-3),
+        Faults(blackhole=True, slow_close=1, pause_accepting=True),
+    ],
+)
+def test_faults_travel_as_json(faults: Faults) -> None:
+    text = json.dumps(dataclasses.asdict(faults))
+    assert Faults(**json.loads(text)) == faults
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": [1, 2, 3]}, "invalid delay"),
+        ({"delay": [2, 1]}, "min is above max"),
+        ({"jitter": -1}, "invalid jitter -1"),
+        ({"jitter": 1, "jitter_distribution": "cauchy"}, "invalid jitter_distribution"),
+        ({"jitter_distribution": "normal"}, "it needs jitter"),
+        ({"read_throttle": 0}, "invalid read_throttle 0"),
+        ({"read_throttle_burst": 10}, "it needs read_throttle"),
+        ({"read_delay": "1s"}, "invalid read_delay '1s'"),
+        ({"close_after_seconds": 1, "reset_after_seconds": 1}, "cannot be combined"),
+        ({"stall_after_seconds": float("nan")}, "invalid stall_after_seconds"),
+        ({"after_first_byte": True}, "it needs close_after_seconds"),
+        ({"refuse": 1}, "invalid refuse 1: expected true or false"),
+        ({"refuse": True, "blackhole": True}, "cannot be combined"),
+        ({"slow_close": None, "pause_accepting": "yes"}, "invalid pause_accepting"),
+        ({"close_after": 1.5}, "invalid close_after 1.5"),
+    ],
+)
+def test_bad_values_are_one_line_value_errors(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        Faults(**options)
+    assert "\n" not in str(caught.value)
+
+
+def test_server_only_faults_are_no_stream_wrapper() -> None:
+    with pytest.raises(ValueError, match="refuse needs the server"):
+        Faults(refuse=True).stream_wrapper()
+    assert Faults(slow_close=1, read_delay=1).stream_wrapper() is not None
+
+
+async def test_faults_reach_a_connection_in_the_middle_of_a_send_losing_nothing() -> (
+    None
+):
+    payload = bytes(range(256)) * 16384  # 4 MiB: more than the socket buffers hold
+    with anyio.fail_after(TIMEOUT):
+        async with serving() as server, await server.connect() as client:
+            received = bytearray()
+
+            async def send() -> None:
+                await client.send(payload)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                # The echo has begun; the server is in the middle of it.
+                received += await client.receive()
+                server.set_faults(Faults(delay=0.01))
+                while len(received) < len(payload):
+                    received += await client.receive()
+            assert received == payload
+            await server.wait_stats(lambda s: s.faults_injected["delay"] == 1)
+            start = anyio.current_time()
+            await round_trip(client)
+            assert anyio.current_time() - start >= 0.01 - CLOCK_RESOLUTION
+    assert not server.stats.errors

@@ -391,8 +391,6 @@ def serve_command(args: argparse.Namespace) -> int:
     if stop_requests.reasons:
         logger.info("%s: stopped before serving", stop_requests.reasons[0])
         return 0
-    if faults:
-        logger.info("injecting faults: %s", faults.describe())
     if args.workers:
         from ._workers import supervise_serve
 

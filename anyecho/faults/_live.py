@@ -147,9 +147,11 @@ class FaultControl:
             self.engaged = True
         for connection in list(self._open):
             connection.changed()
+        if self._generation == 1:
+            return  # the server logs the faults it starts with
         if faults is not None:
             logger.info("faults now: %s", faults.describe())
-        elif self._generation > 1:
+        else:
             logger.info("faults cleared")
 
     def join(self, counts: _Counts) -> ConnectionFaults:
@@ -179,8 +181,18 @@ class FaultControl:
     def schedule(
         self, connection: ConnectionFaults, deadline: float, action: str
     ) -> None:
+        timers = self._timers
+        if len(timers) > 2 * len(self._open) + 64:
+            # Drop the timers of closed connections and of faults since
+            # replaced, so that they cannot pile up until their deadlines.
+            timers[:] = [
+                timer
+                for timer in timers
+                if not timer[2].closed and timer[2].generation == timer[3]
+            ]
+            heapq.heapify(timers)
         entry = (deadline, next(self._sequence), connection, connection.generation)
-        heapq.heappush(self._timers, (*entry, action))
+        heapq.heappush(timers, (*entry, action))
         wake = self._wake
         if wake is not None:
             self._wake = None

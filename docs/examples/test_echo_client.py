@@ -27,7 +27,10 @@ class ServerHungUpError(ConnectionError):
 
 async def request_line(stream: ByteStream, line: bytes) -> bytes:
     """Send ``line`` and a newline; return the answer, up to its newline."""
-    await stream.send(line + b"\n")
+    try:
+        await stream.send(line + b"\n")
+    except anyio.BrokenResourceError as exc:
+        raise ServerHungUpError("before the request went out") from exc
     answer = b""
     while not answer.endswith(b"\n"):
         try:
@@ -92,3 +95,24 @@ async def test_tls(echo_server_factory: EchoServerFactory) -> None:
         await server.connect() as stream,  # trusts the test CA
     ):
         assert await request_line(stream, b"secret") == b"secret"
+
+
+async def test_server_cuts_the_connection_on_cue(echo_server: RunningServer) -> None:
+    async with await echo_server.connect() as stream:
+        assert await request_line(stream, b"first") == b"first"
+        echo_server.set_faults(Faults(reset_after=0))  # reset it now, idle as it is
+        with pytest.raises(ServerHungUpError):
+            await request_line(stream, b"second")
+    echo_server.clear_faults()  # the next connection is served again
+    async with await echo_server.connect() as stream:
+        assert await request_line(stream, b"third") == b"third"
+    assert echo_server.stats.faults_injected["reset"] == 1
+
+
+async def test_refused_connection(echo_server_factory: EchoServerFactory) -> None:
+    async with (
+        echo_server_factory(faults=Faults(refuse=True)) as server,
+        await server.connect() as stream,  # the connect succeeds...
+    ):
+        with pytest.raises(ServerHungUpError):  # ...and is reset at once
+            await request_line(stream, b"hello")
