@@ -43,7 +43,7 @@ def tests(session: nox.Session, backend: str) -> None:
     Tests that do not depend on the backend (option parsing, the bench's own
     logic) run in the asyncio session only, so the matrix repeats nothing.
     """
-    session.install(".[trio,uvloop,bench,metrics]", *group("test"))
+    session.install(".[trio,uvloop,bench,metrics,control]", *group("test"))
     args = ["--backend", backend]
     if backend != "asyncio":
         args.append("--backend-tests-only")
@@ -78,7 +78,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and this file."""
-    session.install(".[trio,uvloop,bench,metrics]", *group("typecheck"))
+    session.install(".[trio,uvloop,bench,metrics,control]", *group("typecheck"))
     session.run("mypy", *session.posargs)
 
 
@@ -89,7 +89,7 @@ def docs(session: nox.Session) -> None:
     The examples install what users do: the test extra (the pytest plugin's needs)
     and the bench extra.
     """
-    session.install(".[test,bench,metrics]", *group("docs"))
+    session.install(".[test,bench,metrics,control]", *group("docs"))
     session.run(
         "sphinx-build",
         "-W",

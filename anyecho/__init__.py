@@ -22,10 +22,13 @@ if TYPE_CHECKING:
     from ._config import RateLimit as RateLimit
     from ._config import ServerConfig as ServerConfig
     from ._config import ServerOptions as ServerOptions
+    from ._connection import ConnectionInfo as ConnectionInfo
     from ._echo import RECEIVE_SIZE as RECEIVE_SIZE
     from ._echo import ByteCounts as ByteCounts
     from ._echo import echo as echo
     from ._errors import ListenError as ListenError
+    from ._recording import EndReason as EndReason
+    from ._recording import Recording as Recording
     from ._server import EchoServer as EchoServer
     from ._server import serve as serve
     from ._sockets import ListenAddress as ListenAddress
@@ -46,6 +49,9 @@ _LAZY = {
     "DEFAULT_PORT": "._config",
     "ServerConfig": "._config",
     "ServerOptions": "._config",
+    "ConnectionInfo": "._connection",
+    "EndReason": "._recording",
+    "Recording": "._recording",
     "RECEIVE_SIZE": "._echo",
     "ByteCounts": "._echo",
     "echo": "._echo",
@@ -107,12 +113,15 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "ByteCounts",
+    "ConnectionInfo",
     "DurationHistogram",
     "EchoServer",
+    "EndReason",
     "Faults",
     "ListenAddress",
     "ListenError",
     "RateLimit",
+    "Recording",
     "ServerConfig",
     "ServerOptions",
     "StatsSnapshot",

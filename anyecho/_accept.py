@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -15,7 +13,7 @@ import anyio
 
 from ._errors import describe
 from ._logs import LogLimiter
-from ._sockets import ListenAddress
+from ._sockets import ListenAddress, reset_on_close
 from ._stats import ServerStats
 from .faults._live import AcceptGate
 
@@ -57,9 +55,6 @@ ACCEPT_BACKOFF = 0.1
 #: lets the open connections run: enough that a burst of newcomers is taken in a
 #: few trips round the event loop, few enough that the busy ones are not starved.
 ACCEPT_BATCH: Final = 128
-
-#: ``SO_LINGER`` on, zero seconds: ``close()`` resets the connection.
-_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 #: How the accept loop accepts (a seam for tests that fake accept errors).
 _accept = socket.socket.accept
@@ -304,8 +299,7 @@ class Admission:
 
     def _refuse(self, client: socket.socket, source: str) -> None:
         """Reset a connection past the per-source limit, when too many wait."""
-        with contextlib.suppress(OSError):
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        reset_on_close(client)
         client.close()
         self.release_slot()
         self._stats.turned_away("source-limit")

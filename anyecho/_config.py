@@ -160,6 +160,13 @@ class ServerConfig:
         otherwise): the server binds nothing. It serves a duplicate
         of each descriptor; the one given stays open (see
         :func:`anyecho.listen_fds` and :doc:`socket-activation`).
+    :param record: keep a recording of what each stream connection's client sent
+        (see :attr:`EchoServer.recordings <anyecho.EchoServer.recordings>`); off
+        by default (:func:`anyecho.testing.serving` turns it on)
+    :param record_max_bytes: the bytes kept per recording; past it the recording
+        is marked truncated and keeps counting bytes. ``None`` for no limit.
+    :param record_max_connections: the recordings kept; past it the oldest is
+        dropped. ``None`` for no limit.
 
     .. code-block:: python
 
@@ -196,24 +203,12 @@ class ServerConfig:
     trusted_proxies: Sequence[str] = ()
     proxy_header_timeout: float = 5.0
     fds: Sequence[int] = ()
+    record: bool = False
+    record_max_bytes: int | None = 1024 * 1024
+    record_max_connections: int | None = 1000
 
     def __post_init__(self) -> None:
-        host: Any = self.host
-        if isinstance(host, Sequence) and not isinstance(host, str):
-            hosts = tuple(host)
-            if not hosts or not all(isinstance(h, str) and h.strip() for h in hosts):
-                raise ValueError(f"invalid host list {host!r}")
-            if EVERY_INTERFACE in hosts and len(hosts) > 1:
-                raise ValueError(
-                    f"invalid host list {host!r}: '*' is every interface already"
-                )
-            object.__setattr__(
-                self, "host", None if EVERY_INTERFACE in hosts else hosts
-            )
-        elif host is not None and (not isinstance(host, str) or not host.strip()):
-            raise ValueError(f"invalid host {host!r}: expected a name or an address")
-        elif host == EVERY_INTERFACE:
-            object.__setattr__(self, "host", None)
+        self._check_host()
         if self.port is not None:
             _check_port(self.port)
         elif not self.unix and not self.fds:
@@ -254,6 +249,41 @@ class ServerConfig:
         check_number("drain_delay", self.drain_delay, allow_zero=True)
         self._check_proxy()
         self._check_fds()
+        if not isinstance(self.record, bool):
+            raise ValueError(  # noqa: TRY004 - every invalid setting is a ValueError
+                f"invalid record {self.record!r}: expected True or False"
+            )
+        check_number(
+            "record_max_bytes",
+            self.record_max_bytes,
+            allow_none=True,
+            integer=True,
+            allow_zero=True,
+        )
+        check_number(
+            "record_max_connections",
+            self.record_max_connections,
+            allow_none=True,
+            integer=True,
+        )
+
+    def _check_host(self) -> None:
+        host: Any = self.host
+        if isinstance(host, Sequence) and not isinstance(host, str):
+            hosts = tuple(host)
+            if not hosts or not all(isinstance(h, str) and h.strip() for h in hosts):
+                raise ValueError(f"invalid host list {host!r}")
+            if EVERY_INTERFACE in hosts and len(hosts) > 1:
+                raise ValueError(
+                    f"invalid host list {host!r}: '*' is every interface already"
+                )
+            object.__setattr__(
+                self, "host", None if EVERY_INTERFACE in hosts else hosts
+            )
+        elif host is not None and (not isinstance(host, str) or not host.strip()):
+            raise ValueError(f"invalid host {host!r}: expected a name or an address")
+        elif host == EVERY_INTERFACE:
+            object.__setattr__(self, "host", None)
 
     def _check_proxy(self) -> None:
         proxies: Any = self.trusted_proxies
@@ -350,3 +380,6 @@ class ServerOptions(TypedDict, total=False):
     trusted_proxies: Sequence[str]
     proxy_header_timeout: float
     fds: Sequence[int]
+    record: bool
+    record_max_bytes: int | None
+    record_max_connections: int | None

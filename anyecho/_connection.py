@@ -1,17 +1,21 @@
-"""One accepted connection, from its socket to its close, and the idle watchdog."""
+"""One accepted connection, from its socket to its close; the registry of open
+connections (to list, close or reset them), and the idle watchdog."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import ipaddress
+import itertools
 import logging
 import socket
 import ssl
 import struct
 import termios
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 import anyio
 from anyio import BrokenResourceError, CancelScope, ClosedResourceError, EndOfStream
@@ -24,11 +28,16 @@ from ._errors import describe
 from ._fastpath import adopt
 from ._logs import LogLimiter
 from ._proxy import ProxyHeader, ProxyHeaderError, parse
+from ._recording import EndReason, Recorder, Recording, RecordingStream
+from ._sockets import reset_on_close
 from ._stats import ServerStats
 from ._wrap import StreamWrapper
 from .faults._live import ConnectionFaults, FaultControl, hold, refuse
 
-__all__ = ["ConnectionState", "Connections"]
+__all__ = ["ConnectionInfo", "ConnectionState", "Connections", "StreamTransport"]
+
+#: The transports a stream connection comes over.
+StreamTransport = Literal["tcp", "tls", "unix"]
 
 logger = logging.getLogger("anyecho")
 
@@ -40,6 +49,33 @@ class _Progress(Protocol):
     def bytes_written(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One open stream connection, as :meth:`anyecho.EchoServer.connections` lists it.
+
+    :param id: the connection's number: they count up from 1 in the order the
+        server accepted them (to serve them), and are never reused while it runs
+    :param peer: the client's address as the logs write it: ``127.0.0.1:50312``,
+        ``[::1]:50312``, ``unix-peer``
+    :param transport: ``tcp``, ``tls`` or ``unix``
+    :param opened_at: when it was accepted, in seconds since the epoch
+        (:func:`time.time`)
+    :param age: seconds since then, on the server's clock (AnyIO's)
+    :param bytes_received: bytes received from the client so far
+    :param bytes_sent: bytes echoed back so far
+    :param faulted: whether faults are applied to it (chosen when it opened)
+    """
+
+    id: int
+    peer: str
+    transport: StreamTransport
+    opened_at: float
+    age: float
+    bytes_received: int
+    bytes_sent: int
+    faulted: bool
+
+
 class ConnectionState(ByteCounts):
     """One open connection: its byte counts and what the idle watchdog needs.
 
@@ -48,28 +84,57 @@ class ConnectionState(ByteCounts):
     """
 
     __slots__ = (
+        "address",
         "echoed",
+        "ending",
+        "faults",
         "fd",
+        "id",
         "opened_at",
+        "opened_wall",
+        "outcome",
         "peer",
         "scope",
         "seen",
         "since",
+        "sock",
         "source",
         "timed_out",
+        "transport",
         "wire",
     )
 
-    def __init__(self, now: float, fd: int, peer: Any = None) -> None:
+    def __init__(
+        self,
+        now: float,
+        sock: socket.socket,
+        peer: str = "",
+        transport: StreamTransport = "tcp",
+        address: Any = None,
+    ) -> None:
         super().__init__()
         self.opened_at = now
-        #: the client's address (from the PROXY header, behind a proxy)
+        self.opened_wall = time.time()
+        #: the registry's number for it (set once registered)
+        self.id = 0
+        #: the peer, for logs and listings (behind a proxy: "client via proxy")
         self.peer = peer
+        #: the client's address as accept() gave it, or as the PROXY header named
+        self.address = address
         #: what to hand back to the admission when it ends: the source it is
         #: counted under (``None``: its global slot only), or ``_NOTHING``
         self.source: object = None
+        self.transport: StreamTransport = transport
+        #: the accepted socket, to reset the connection on request
+        self.sock = sock
         #: the socket's descriptor, for the kernel's send queue
-        self.fd = fd
+        self.fd = sock.fileno()
+        #: its part in the server's faults (set once it joined them)
+        self.faults: ConnectionFaults | None = None
+        #: ``closed`` or ``aborted`` once a close or reset was asked for
+        self.ending: EndReason | None = None
+        #: ``reset`` or ``error`` when its error boundary caught one
+        self.outcome: EndReason | None = None
         #: when progress was last seen, and how much there had been by then
         self.since = now
         self.seen = 0
@@ -101,6 +166,30 @@ class ConnectionState(ByteCounts):
         wire = self.wire
         written = self.sent if wire is None else wire.bytes_written()
         return self.received + written - _unread(self.fd)
+
+    def info(self, now: float) -> ConnectionInfo:
+        return ConnectionInfo(
+            id=self.id,
+            peer=self.peer,
+            transport=self.transport,
+            opened_at=self.opened_wall,
+            age=max(0.0, now - self.opened_at),
+            bytes_received=self.received,
+            bytes_sent=self.sent,
+            faulted=self.faults is not None and self.faults.faults is not None,
+        )
+
+    def end(self, how: EndReason) -> bool:
+        """Close (``closed``) or reset (``aborted``) the connection: its task
+        ends it as a stop would. ``False`` if it is ending already."""
+        if self.ending is not None or self.timed_out:
+            return False
+        self.ending = how
+        if how == "aborted":
+            reset_on_close(self.sock)
+        if self.scope is not None:
+            self.scope.cancel()
+        return True
 
 
 #: The storage of :attr:`ByteCounts.sent`, beneath :class:`_Watched`'s property.
@@ -208,10 +297,11 @@ def trusted(peer: Any, networks: tuple[Network, ...]) -> bool:
 
 
 class Connections:
-    """Serves accepted sockets for one server: each in its own error boundary.
+    """Serves accepted sockets for one server, each in its own error boundary;
+    the registry of the open ones.
 
     :param config: the server's settings
-    :param stats: its counters
+    :param stats: its counters, which hold the registry of open connections
     :param released: called with a connection's source address once it ends
         (``None`` for a source not counted)
     :param faults: the server's faults
@@ -232,10 +322,16 @@ class Connections:
         self._stats = stats
         self._released = released
         self._claim = claim
-        self._open: set[ConnectionState] = set()
         self._proxies: tuple[Network, ...] | None = (
             config.proxy_networks if config.proxy_protocol else None
         )
+        self._ids = itertools.count(1)
+        #: the recordings, when the config asks for them
+        self.recorder: Recorder | None = None
+        if config.record:
+            self.recorder = Recorder(
+                config.record_max_bytes, config.record_max_connections
+            )
         self._log_tls_failed = LogLimiter(logger, logging.INFO, "failed TLS handshakes")
         self._log_failed = LogLimiter(logger, logging.ERROR, "handler failures")
         self._log_proxy = LogLimiter(
@@ -250,12 +346,46 @@ class Connections:
             return None
         return lambda peer: trusted(peer, proxies)
 
+    @property
+    def open(self) -> dict[int, ConnectionState]:
+        """The open connections by id (the stats' registry: only this adds to it)."""
+        return cast("dict[int, ConnectionState]", self._stats.open)
+
     def flush_logs(self) -> None:
         self._log_tls_failed.flush()
         self._log_failed.flush()
         self._log_proxy.flush()
 
-    async def serve(self, client: socket.socket, peer: Any, source: str | None) -> None:
+    def new_id(self) -> int:
+        """The id of the next connection: 1, 2, 3, ... in the order accepted."""
+        return next(self._ids)
+
+    def infos(self) -> list[ConnectionInfo]:
+        """Every open connection, oldest first."""
+        now = anyio.current_time()
+        return [state.info(now) for _, state in sorted(self.open.items())]
+
+    def end(self, number: int, how: EndReason) -> bool:
+        """Close or reset connection ``number``; ``False`` if it is not open."""
+        state = self.open.get(number)
+        return state is not None and state.end(how)
+
+    def end_all(self, how: EndReason) -> int:
+        """Close or reset every open connection; how many were."""
+        return sum(state.end(how) for state in list(self.open.values()))
+
+    def _transport(self, client: socket.socket) -> StreamTransport:
+        if client.family == socket.AF_UNIX:
+            return "unix"
+        return "tcp" if self.config.ssl_context is None else "tls"
+
+    async def serve(
+        self,
+        client: socket.socket,
+        peer: Any,
+        source: str | None,
+        number: int | None = None,
+    ) -> None:
         """Serve one accepted socket. Whatever goes wrong ends this connection only.
 
         Everything done for the connection happens in here, inside one ``try``:
@@ -263,104 +393,200 @@ class Connections:
         faults, the echo, logging and closing. Only cancellation (a stop) leaves
         this task.
         """
-        state = ConnectionState(anyio.current_time(), client.fileno(), peer)
-        self._stats.opened(state)
-        self._open.add(state)
-        faults = self._faults.join(state)
         name = format_peer(peer)
-        conn: ByteStream | None = None
+        state = ConnectionState(
+            anyio.current_time(), client, name, self._transport(client), peer
+        )
         state.source = source
+        state.id = self.new_id() if number is None else number
+        self._stats.opened(state.id, state)
+        faults = state.faults = self._faults.join(state)
+        recording = None
+        if self.recorder is not None:
+            recording = self.recorder.open(
+                state.id, name, state.transport, state.opened_at
+            )
+        ended: EndReason = "stop"
+        conn: list[ByteStream] = []  # the streams made, the outermost last
         try:
             logger.debug("%s: connected", name)
-            with CancelScope() as state.scope:
-                faults.scope = state.scope
-                async with self._boundary(name, faults):
-                    if faults.turned_away:
-                        await self._turn_away(client, faults, name)
-                        return
-                    conn = stream = await adopt(client)
-                    if isinstance(stream, _Progress):
-                        state.wire = stream
-                    if self._proxies is not None:
-                        proxied, name = await self._behind_proxy(stream, state, name)
-                        if proxied is None:
-                            _reset(client)
-                            return
-                        conn = proxied
-                    context = self.config.ssl_context
-                    if context is not None:
-                        tls = await self._handshake(conn, context, name)
-                        if tls is None:
-                            return
-                        conn = tls
-                    await self._echo(conn, state, faults)
-            if faults.interrupted and conn is not None and not state.timed_out:
-                # Faults reached the connection: it goes on under them.
-                with CancelScope() as state.scope:
-                    faults.scope = state.scope
-                    async with self._boundary(name, faults):
-                        await self._echo_faulted(conn, state, faults)
-            if state.timed_out:
-                self._stats.error("timeout")
-                logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
+            ended = await self._serve(client, state, faults, recording, conn)
         finally:
             # Bookkeeping first: closing under a cancelled scope (a drain that
             # ran out) raises the cancellation once the stream is closed.
-            self._ended(state, faults, name)
-            if conn is None:
+            self._ended(state, faults)
+            if recording is not None:
+                recording.end(ended)
+            if not conn:
                 client.close()
+            elif state.ending == "closed":
+                await _close_gracefully(conn[-1])
             else:
-                await _close(conn)
+                await _close(conn[-1])
 
-    def _ended(
-        self, state: ConnectionState, faults: ConnectionFaults, name: str
-    ) -> None:
+    def _ended(self, state: ConnectionState, faults: ConnectionFaults) -> None:
         """Count a connection that ends, and give its slot back."""
         self._faults.leave(faults)
-        self._open.discard(state)
         duration = anyio.current_time() - state.opened_at
-        self._stats.closed(state, duration)
+        self._stats.closed(state.id, duration)
         if state.source is not _NOTHING:
             source = state.source if isinstance(state.source, str) else None
             self._released(source)
         logger.debug(
             "%s: closed, %d bytes in, %d bytes out, %.3fs",
-            name,
+            state.peer,
             state.received,
             state.sent,
             duration,
         )
 
-    async def _behind_proxy(
-        self, stream: SocketStream, state: ConnectionState, name: str
-    ) -> tuple[ByteStream | None, str]:
-        """Read the PROXY header; count the connection under the real client.
+    async def _serve(
+        self,
+        client: socket.socket,
+        state: ConnectionState,
+        faults: ConnectionFaults,
+        recording: Recording | None,
+        conn: list[ByteStream],
+    ) -> EndReason:
+        """Serve the connection in its error boundary; how it ended (a stop
+        cancels it instead)."""
+        name = state.peer
+        ended: EndReason = "stop"
+        stream: ByteStream | None = None
+        with CancelScope() as state.scope:
+            faults.scope = state.scope
+            async with self._boundary(name, faults, state):
+                if faults.turned_away:
+                    await self._turn_away(client, faults, name)
+                    return "fault"
+                stream = await self._start(client, state, recording, conn)
+                if stream is None:
+                    return "error"
+                await self._echo(stream, state, faults)
+                ended = "eof"
+        if faults.interrupted and stream is not None and not state.timed_out:
+            # Faults reached the connection: it goes on under them.
+            with CancelScope() as state.scope:
+                faults.scope = state.scope
+                async with self._boundary(name, faults, state):
+                    await self._echo_faulted(stream, state, faults)
+                    ended = "eof"
+        if state.outcome is not None:
+            ended = state.outcome
+        if state.timed_out:
+            self._stats.error("timeout")
+            logger.debug("%s: idle for %gs; closed", name, self.config.idle_timeout)
+            return "timeout"
+        if state.ending is not None:
+            logger.debug("%s: %s on request", name, state.ending)
+            return state.ending
+        if faults.cut is not None:
+            return "fault"
+        return ended
 
-        :returns: the stream to serve (``None`` to end the connection), and the
-            connection's name for the logs
+    async def _start(
+        self,
+        client: socket.socket,
+        state: ConnectionState,
+        recording: Recording | None,
+        conn: list[ByteStream],
+    ) -> ByteStream | None:
+        """The stream to echo on (after the PROXY header and TLS, recorded);
+        ``None`` if the header or the TLS handshake failed. Each stream made
+        goes into ``conn``, to be closed."""
+        raw = await adopt(client)
+        conn.append(raw)
+        if isinstance(raw, _Progress):
+            state.wire = raw
+        stream: ByteStream = raw
+        if self._proxies is not None:
+            proxied = await self._behind_proxy(raw, state)
+            if proxied is None:
+                reset_on_close(client)
+                return None
+            stream = proxied
+        context = self.config.ssl_context
+        if context is not None:
+            tls = await self._handshake(stream, context, state.peer)
+            if tls is None:
+                return None
+            conn.append(tls)
+            stream = tls
+        if recording is not None:
+            # Beneath the faults, after TLS: what the client sent.
+            return RecordingStream(stream, recording)
+        return stream
+
+    @contextlib.asynccontextmanager
+    async def _boundary(
+        self, name: str, faults: ConnectionFaults, state: ConnectionState
+    ) -> AsyncIterator[None]:
+        """The error boundary of one connection: errors are counted and logged,
+        and noted as how it ended (``state.outcome``).
+
+        A connection lost after a fault cut it short is no error: the fault is
+        counted already.
         """
+        try:
+            yield
+        except (BrokenResourceError, ClosedResourceError, EndOfStream, OSError) as exc:
+            state.outcome = "reset"
+            if faults.cut is None:
+                self._stats.error("reset")
+            logger.debug("%s: connection lost (%s)", name, describe(exc))
+        except Exception:
+            state.outcome = "error"
+            self._stats.error("handler")
+            self._log_failed(
+                "%s: handler failed; closing this connection", name, exc_info=True
+            )
+
+    async def _turn_away(
+        self, client: socket.socket, faults: ConnectionFaults, name: str
+    ) -> None:
+        """The ``refuse`` and ``blackhole`` faults: never serve the connection."""
+        assert faults.faults is not None
+        if faults.faults.refuse:
+            self._faults.count("refuse")
+            logger.debug("%s: fault: refused (reset)", name)
+            refuse(client)
+            return
+        self._faults.count("blackhole")
+        logger.debug("%s: fault: blackhole", name)
+        client.setblocking(False)
+        await hold(client)
+
+    async def _behind_proxy(
+        self, stream: SocketStream, state: ConnectionState
+    ) -> ByteStream | None:
+        """Read the PROXY header; count the connection under the real client,
+        and name it so (``state.peer``: "client via proxy").
+
+        :returns: the stream to serve, or ``None`` to end the connection
+        """
+        name = state.peer
         assert self._proxies is not None
-        if not trusted(state.peer, self._proxies):
+        if not trusted(state.address, self._proxies):
             # Ended at once: its bytes, header or not, are never looked at.
             self._proxy_failed(name, "not a trusted proxy")
-            return None, name
+            return None
         proxied = await self._proxy_header(stream, name)
         if proxied is None:
-            return None, name
+            return None
         header, rest = proxied
         if header.source is not None:
-            state.peer = header.source
-            name = f"{format_peer(header.source)} via {name}"
-            logger.debug("%s: PROXY header read", name)
+            state.address = header.source
+            state.peer = f"{format_peer(header.source)} via {name}"
+            logger.debug("%s: PROXY header read", state.peer)
         conn: ByteStream = _Replay(stream, rest) if rest else stream
-        host = _source_host(state.peer)
+        host = _source_host(state.address)
         if host is None or self._claim is None:
-            return conn, name
+            return conn
         state.source = _NOTHING  # the claim holds nothing until it succeeds
         if not await self._claim(host):
-            return None, name
+            return None
         state.source = host
-        return conn, name
+        return conn
 
     def _proxy_failed(self, name: str, reason: str) -> None:
         self._stats.error("proxy")
@@ -396,42 +622,6 @@ class Connections:
                 return header, bytes(buffer[header.length :])
         self._proxy_failed(name, reason)
         return None
-
-    @contextlib.asynccontextmanager
-    async def _boundary(
-        self, name: str, faults: ConnectionFaults
-    ) -> AsyncIterator[None]:
-        """The error boundary of one connection: errors are counted and logged.
-
-        A connection lost after a fault cut it short is no error: the fault is
-        counted already.
-        """
-        try:
-            yield
-        except (BrokenResourceError, ClosedResourceError, EndOfStream, OSError) as exc:
-            if faults.cut is None:
-                self._stats.error("reset")
-            logger.debug("%s: connection lost (%s)", name, describe(exc))
-        except Exception:
-            self._stats.error("handler")
-            self._log_failed(
-                "%s: handler failed; closing this connection", name, exc_info=True
-            )
-
-    async def _turn_away(
-        self, client: socket.socket, faults: ConnectionFaults, name: str
-    ) -> None:
-        """The ``refuse`` and ``blackhole`` faults: never serve the connection."""
-        assert faults.faults is not None
-        if faults.faults.refuse:
-            self._faults.count("refuse")
-            logger.debug("%s: fault: refused (reset)", name)
-            refuse(client)
-            return
-        self._faults.count("blackhole")
-        logger.debug("%s: fault: blackhole", name)
-        client.setblocking(False)
-        await hold(client)
 
     async def _echo(
         self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
@@ -499,7 +689,7 @@ class Connections:
         while True:
             await anyio.sleep(tick)
             now = anyio.current_time()
-            for state in self._open:
+            for state in self.open.values():
                 moved = state.progress()
                 if moved != state.seen:
                     state.seen = moved
@@ -510,21 +700,25 @@ class Connections:
                         state.scope.cancel()
 
 
-def _reset(client: socket.socket) -> None:
-    """Make closing ``client`` reset the connection."""
-    with contextlib.suppress(OSError):
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-
-
-_LINGER_RESET: Final = struct.pack("ii", 1, 0)
-
-
 async def _close(stream: ByteStream) -> None:
     """Close ``stream`` at once; a peer that is already gone is no error."""
     try:
         await anyio.aclose_forcefully(stream)
     except Exception:  # the connection is over either way
         logger.debug("closing a connection failed", exc_info=True)
+
+
+async def _close_gracefully(stream: ByteStream) -> None:
+    """Close ``stream`` as the protocol closes (TLS: close_notify), within a
+    second and whatever cancellation is under way; else at once."""
+    with CancelScope(shield=True), anyio.move_on_after(1):
+        try:
+            await stream.aclose()
+        except Exception:  # noqa: S110 - closed at once below
+            pass
+        else:
+            return
+    await _close(stream)
 
 
 def format_peer(peer: Any) -> str:

@@ -14,6 +14,7 @@ Requires the ``h11`` package (the ``metrics`` extra).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,8 +54,8 @@ class HTTPLimits:
         once (without a response: answering would cost what the limit saves)
     :param max_head_bytes: the most bytes of a request line and headers (431)
     :param max_headers: the most header fields in a request (431)
-    :param max_body_bytes: the most bytes of a request body, which is read and
-        dropped (413)
+    :param max_body_bytes: the most bytes of a request body (413 past it), read
+        into :attr:`Request.body`
     :param request_timeout: seconds a peer has to send a whole request (408
         if it had begun one), the longest an idle keep-alive connection stays
         open, and the time it has to take a response
@@ -71,12 +72,13 @@ class HTTPLimits:
 
 @dataclass(frozen=True)
 class Request:
-    """A request's head: its method (upper case), target and headers (the
-    names in lower case)."""
+    """A request: its method (upper case), target, headers (the names in lower
+    case) and body."""
 
     method: str
     target: str
     headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
 
     @property
     def path(self) -> str:
@@ -164,7 +166,7 @@ class _Connection:
         raise _ClosingError
 
     async def read_request(self) -> Request | None:
-        """The next request's head, its body read and dropped; ``None`` at the
+        """The next request, its body read (within the limit); ``None`` at the
         end of the connection."""
         limits = self.limits
         started = False
@@ -187,15 +189,25 @@ class _Connection:
                 )
                 if len(event.headers) > limits.max_headers:
                     await self.fail(431, "too many header fields")
-                body = 0
+                # h11 bounds a head that arrives in pieces; this, a whole one.
+                head = len(event.method) + len(event.target) + sum(
+                    len(name) + len(value) + 4 for name, value in event.headers
+                )
+                if head > limits.max_head_bytes:
+                    await self.fail(431, "request head too large")
+                if self.h11.client_is_waiting_for_100_continue:  # curl, for a body
+                    await self.send(
+                        h11.InformationalResponse(status_code=100, headers=[])
+                    )
+                body = bytearray()
                 while True:
                     event = await self.next_event()
                     if isinstance(event, h11.EndOfMessage):
-                        return request
+                        return dataclasses.replace(request, body=bytes(body))
                     if isinstance(event, h11.Data):
-                        body += len(event.data)
-                        if body > limits.max_body_bytes:
+                        if len(body) + len(event.data) > limits.max_body_bytes:
                             await self.fail(413, "request body too large")
+                        body += event.data
                     else:
                         await self.fail(400, "bad request")
             except h11.RemoteProtocolError as exc:

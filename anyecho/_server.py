@@ -30,8 +30,9 @@ from ._accept import Admission, Start, accept_loop
 from ._backends import check_event_loop, current_backend_name
 from ._checks import check_number
 from ._config import ServerConfig, ServerOptions
-from ._connection import Connections
+from ._connection import ConnectionInfo, Connections
 from ._memory import keep_freed_memory
+from ._recording import Recorder, Recording
 from ._sockets import ListenAddress, Transport
 from ._stats import ServerState, ServerStats, StatsSnapshot
 from ._udp import UDPFaultState, UDPGuard, serve_udp
@@ -253,6 +254,124 @@ class EchoServer:
         fault keeps the server paused until it is cleared)."""
         self._faults.gate.resume()
 
+    # --- the open connections ----------------------------------------------------
+
+    def connections(self) -> list[ConnectionInfo]:
+        """The stream connections open now, oldest first (snapshots).
+
+        .. code-block:: python
+
+            for conn in server.connections():
+                print(conn.id, conn.peer, conn.bytes_received)
+        """
+        return self._connections.infos()
+
+    def close_connection(self, id: int) -> bool:
+        """Close connection ``id`` (its client sees the end of the stream).
+
+        The connection ends as it would at the end of a stop's grace: the echo
+        stops where it is and the socket is closed (TLS with close_notify). Data
+        the client sent that the server had not read yet makes the system reset
+        the connection instead. ``False`` if no such connection is open.
+        """
+        return self._connections.end(id, "closed")
+
+    def reset_connection(self, id: int) -> bool:
+        """Reset connection ``id`` (TCP RST: its client sees a connection reset).
+
+        A Unix socket has no reset: its client sees the end of the stream.
+        ``False`` if no such connection is open.
+        """
+        return self._connections.end(id, "aborted")
+
+    def close_connections(self) -> int:
+        """Close every open connection, as :meth:`close_connection`; how many."""
+        return self._connections.end_all("closed")
+
+    def reset_connections(self) -> int:
+        """Reset every open connection, as :meth:`reset_connection`; how many."""
+        return self._connections.end_all("aborted")
+
+    # --- recordings ---------------------------------------------------------------
+
+    def _recorder(self) -> Recorder:
+        recorder = self._connections.recorder
+        if recorder is None:
+            raise RuntimeError(
+                "this server keeps no recordings: start it with record=True"
+            )
+        return recorder
+
+    @property
+    def recordings(self) -> list[Recording]:
+        """What each stream connection's client sent, oldest connection first.
+
+        Needs ``record=True`` (:func:`anyecho.testing.serving` sets it). At most
+        ``record_max_connections`` are kept (the oldest are dropped), each with
+        at most ``record_max_bytes`` bytes.
+
+        :raises RuntimeError: when the server keeps no recordings
+        """
+        return self._recorder().recordings
+
+    def recording(self, id: int) -> Recording:
+        """The recording of connection ``id``.
+
+        :raises LookupError: when there is none (never opened, or dropped)
+        """
+        found = self._recorder().find(id)
+        if found is None:
+            raise LookupError(f"no recording of connection {id}")
+        return found
+
+    async def wait_connections(self, count: int) -> list[Recording]:
+        """Wait until ``count`` connections have been recorded in all; return the
+        recordings kept. Bound the wait yourself (``anyio.fail_after``)."""
+        recorder = self._recorder()
+        await recorder.wait(lambda: recorder.seen >= count)
+        return recorder.recordings
+
+    async def wait_received(self, nbytes: int) -> int:
+        """Wait until ``nbytes`` bytes have arrived, over every recorded
+        connection together; return the count."""
+        recorder = self._recorder()
+        await recorder.wait(lambda: recorder.bytes_received >= nbytes)
+        return recorder.bytes_received
+
+    async def expect_bytes(
+        self,
+        expected: bytes,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the expectation's own bound
+        connection: int | None = None,
+    ) -> Recording:
+        """Assert that a client sends ``expected`` next; return its recording.
+
+        :param connection: the connection's id; by default the latest one (a
+            test's only client, usually), waiting for one to open
+        :raises AssertionError: when other bytes come, or too few in time; see
+            :meth:`Recording.expect_bytes`
+
+        .. code-block:: python
+
+            await client.login("alice")
+            await server.expect_bytes(b"LOGIN alice\\r\\n")
+        """
+        recorder = self._recorder()
+        if connection is not None:
+            recording = self.recording(connection)
+        else:
+            with anyio.move_on_after(timeout):
+                await recorder.wait(lambda: recorder.seen > 0)
+            if not recorder.seen:
+                raise AssertionError(
+                    f"expected {expected!r}, but no client connected within "
+                    f"{timeout:g}s"
+                )
+            recording = recorder.recordings[-1]
+        await recording.expect_bytes(expected, timeout=timeout)
+        return recording
+
     def stop(self, grace: float | None = None) -> None:
         """Ask the server to stop; :meth:`serve` returns once it has.
 
@@ -341,11 +460,16 @@ class EchoServer:
                 async with create_task_group() as connections:
                     self._connections_scope = connections.cancel_scope
                     serve_connection = self._connections.serve
+                    new_id = self._connections.new_id
 
                     def start(
                         client: socket.socket, peer: Any, source: str | None
                     ) -> None:
-                        connections.start_soon(serve_connection, client, peer, source)
+                        # The id is taken now, in the order of accepting: tasks
+                        # may start in any order (Trio shuffles them).
+                        connections.start_soon(
+                            serve_connection, client, peer, source, new_id()
+                        )
 
                     self._admission.start = start
                     await self._accepting(streams, datagrams, start, task_status)

@@ -15,6 +15,7 @@ import fcntl
 import os
 import socket
 import stat
+import struct
 from collections.abc import MutableMapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,11 +33,15 @@ __all__ = [
     "close",
     "inherit",
     "listen_fds",
+    "reset_on_close",
     "resolve",
     "resolve_now",
 ]
 
 Transport = Literal["tcp", "tls", "unix", "udp"]
+
+#: ``SO_LINGER`` on, zero seconds: ``close()`` resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 #: ``getaddrinfo`` results, as :func:`bind_inet` takes them: (family, address)
 Targets = list[tuple[socket.AddressFamily, tuple[Any, ...]]]
@@ -223,6 +228,16 @@ def remove_unix(path: str, inode: int) -> None:
     with contextlib.suppress(OSError):
         if os.stat(path).st_ino == inode:
             os.unlink(path)
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make closing ``sock`` reset the connection (TCP RST) rather than end it.
+
+    ``SO_LINGER`` on, with a zero timeout. Nothing happens to a socket that is
+    closed already, or has no such option (a Unix socket ends as usual).
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 def close(sock: socket.socket) -> None:

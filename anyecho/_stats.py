@@ -311,8 +311,9 @@ class ServerStats:
         self.duration_sum = 0.0
         self.state: ServerState = "starting"
         self.faults_injected: Counter[str] = Counter()
-        #: the open connections' own counters
-        self.open: set[ByteCounts] = set()
+        #: the open connections' own counters, by connection id: the one registry
+        #: of open connections (the connections' own records are kept here)
+        self.open: dict[int, ByteCounts] = {}
         self._changed: anyio.Event | None = None
 
     def changed(self) -> None:
@@ -353,14 +354,19 @@ class ServerStats:
         self.refused_by_reason[kind] += 1
         self.error(kind)
 
-    def opened(self, counter: ByteCounts) -> None:
-        """Count a connection served; its bytes are read from ``counter``."""
-        self.open.add(counter)
-        self.total_connections += 1
+    def opened(self, number: int, counter: ByteCounts) -> None:
+        """Count a connection served, and register it under its id, ``number``.
 
-    def closed(self, counter: ByteCounts, duration: float = 0.0) -> None:
-        """Fold a connection's counts in, and its duration (seconds)."""
-        self.open.discard(counter)
+        Its bytes are read from ``counter`` until :meth:`closed`.
+        """
+        self.total_connections += 1
+        self.open[number] = counter
+        self.changed()
+
+    def closed(self, number: int, duration: float = 0.0) -> None:
+        """Fold a connection's bytes into the totals, and its duration (seconds);
+        forget it."""
+        counter = self.open.pop(number)
         self.bytes_received += counter.received
         self.bytes_sent += counter.sent
         self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
@@ -382,8 +388,9 @@ class ServerStats:
         self.udp_faults_injected[kind] += 1
 
     def snapshot(self) -> StatsSnapshot:
-        received = self.bytes_received + sum(c.received for c in self.open)
-        sent = self.bytes_sent + sum(c.sent for c in self.open)
+        counters = self.open.values()
+        received = self.bytes_received + sum(c.received for c in counters)
+        sent = self.bytes_sent + sum(c.sent for c in counters)
         return StatsSnapshot(
             active_connections=len(self.open),
             total_connections=self.total_connections,

@@ -39,6 +39,8 @@ import anyio
 from anyio.abc import ByteStream, ConnectedUDPSocket
 
 from ._config import ServerConfig, ServerOptions
+from ._connection import ConnectionInfo
+from ._recording import Recording
 from ._server import EchoServer
 from ._sockets import ListenAddress, Transport
 from ._stats import StatsSnapshot
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_DEFAULTS",
     "TLS_FAILURES",
+    "Recording",
     "RunningServer",
     "TLSFailure",
     "client_cert_context",
@@ -61,13 +64,15 @@ __all__ = [
 ]
 
 #: The :class:`~anyecho.ServerConfig` settings :func:`serving` starts from: loopback
-#: only, a free port, a short drain on the way out, and no per-source limit (every
-#: client of a test comes from the same address: a pool of 200 must not wait).
+#: only, a free port, a short drain on the way out, no per-source limit (every
+#: client of a test comes from the same address: a pool of 200 must not wait), and
+#: recordings of what the clients send (:attr:`RunningServer.recordings`).
 TEST_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 0,
     "drain_timeout": 0.5,
     "max_connections_per_source": None,
+    "record": True,
 }
 
 
@@ -124,6 +129,69 @@ class RunningServer:
             server.set_udp_faults(UdpFaults(drop=0.5, seed=1))
         """
         self.server.set_udp_faults(faults)
+
+    # --- connections and recordings: see EchoServer --------------------------------
+
+    def connections(self) -> list[ConnectionInfo]:
+        """The open connections (:meth:`anyecho.EchoServer.connections`)."""
+        return self.server.connections()
+
+    def close_connection(self, id: int) -> bool:
+        """Close one connection (:meth:`anyecho.EchoServer.close_connection`)."""
+        return self.server.close_connection(id)
+
+    def reset_connection(self, id: int) -> bool:
+        """Reset one connection (:meth:`anyecho.EchoServer.reset_connection`)."""
+        return self.server.reset_connection(id)
+
+    def close_connections(self) -> int:
+        """Close every connection (:meth:`anyecho.EchoServer.close_connections`)."""
+        return self.server.close_connections()
+
+    def reset_connections(self) -> int:
+        """Reset every connection (:meth:`anyecho.EchoServer.reset_connections`)."""
+        return self.server.reset_connections()
+
+    @property
+    def recordings(self) -> list[Recording]:
+        """What each client sent (:attr:`anyecho.EchoServer.recordings`).
+
+        .. code-block:: python
+
+            async with serving() as server:
+                await send_hello(server.host, server.port)
+                await server.expect_bytes(b"HELLO\\n")
+                [recording] = server.recordings
+                assert recording.ended == "eof"
+        """
+        return self.server.recordings
+
+    def recording(self, id: int) -> Recording:
+        """One connection's recording (:meth:`anyecho.EchoServer.recording`)."""
+        return self.server.recording(id)
+
+    async def wait_connections(self, count: int) -> list[Recording]:
+        """Wait for ``count`` connections
+        (:meth:`anyecho.EchoServer.wait_connections`)."""
+        return await self.server.wait_connections(count)
+
+    async def wait_received(self, nbytes: int) -> int:
+        """Wait for ``nbytes`` bytes from the clients
+        (:meth:`anyecho.EchoServer.wait_received`)."""
+        return await self.server.wait_received(nbytes)
+
+    async def expect_bytes(
+        self,
+        expected: bytes,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the expectation's own bound
+        connection: int | None = None,
+    ) -> Recording:
+        """Assert that a client sends ``expected`` next
+        (:meth:`anyecho.EchoServer.expect_bytes`)."""
+        return await self.server.expect_bytes(
+            expected, timeout=timeout, connection=connection
+        )
 
     @property
     def faults(self) -> Faults | None:

@@ -82,6 +82,7 @@ api_coverage_modules = {
     "anyecho.faults": "api.rst",
     "anyecho.pytest_plugin": "api.rst",
     "anyecho.metrics": "api.rst",
+    "anyecho.control": "api.rst",
 }
 
 # -- doctest -----------------------------------------------------------------------

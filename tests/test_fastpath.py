@@ -576,7 +576,9 @@ async def test_server_backpressure_end_to_end(anyio_backend_name: str) -> None:
     payload = random_bytes(64 * 1024 * 1024)
     with anyio.fail_after(TIMEOUT):
         # drain_timeout=0: the connection is closed as soon as the block ends.
-        async with serving(wrap_stream=capture, drain_timeout=0) as server:
+        async with serving(
+            wrap_stream=capture, drain_timeout=0, record=False
+        ) as server:
             with socket.socket() as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.connect((server.host, server.port))

@@ -503,9 +503,9 @@ def test_workers_leave_the_metrics_address_to_the_supervisor() -> None:
 def test_snapshots_travel_as_json_and_add_up() -> None:
     stats = ServerStats()
     counts = ByteCounts()
-    stats.opened(counts)
+    stats.opened(1, counts)
     counts.received = counts.sent = 10
-    stats.closed(counts, 0.2)
+    stats.closed(1, 0.2)
     stats.turned_away("source-limit")
     stats.drop_datagram("rate-limit")
     stats.set_state("serving")

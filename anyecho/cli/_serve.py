@@ -86,6 +86,9 @@ DIRECT_SETTINGS = (
     "udp_blocked_ports",
     "proxy_protocol",
     "proxy_header_timeout",
+    "record",
+    "record_max_bytes",
+    "record_max_connections",
 )
 
 
@@ -370,9 +373,53 @@ def add_parser(subparsers: Any) -> None:
         metavar="SECONDS",
         help="log a line of counters this often (a summary is always logged on exit)",
     )
+    _add_control_arguments(parser, default)
     add_fault_arguments(parser)
     add_logging_arguments(parser)
     parser.set_defaults(command=serve_command, stop_signals=True)
+
+
+def _add_control_arguments(
+    parser: argparse.ArgumentParser, default: dict[str, Any]
+) -> None:
+    """The control API's options, and the recordings it serves."""
+    control = parser.add_argument_group(
+        "control API and recordings",
+        "An HTTP+JSON API to change the faults, read the counters, and list, close "
+        "or reset connections while the server runs (needs h11: pip install "
+        "'anyecho[control]'). It has no authentication: keep it on loopback.",
+    )
+    control.add_argument(
+        "--control",
+        type=host_port,
+        default=None,
+        metavar="[HOST:]PORT",
+        help=f"serve the control API on this address: {HOST_PORT_SYNTAX}; a port "
+        "alone is on loopback (off by default; not with --workers); needs the "
+        "'control' extra",
+    )
+    control.add_argument(
+        "--record",
+        action="store_true",
+        default=default["record"],
+        help="keep what each client sends, for GET /connections/ID/recording",
+    )
+    control.add_argument(
+        "--record-max-bytes",
+        type=zero_is_none(byte_size),
+        default=default["record_max_bytes"],
+        metavar="BYTES",
+        help="bytes kept per recording; 0 for no limit (default: "
+        f"{format_size(default['record_max_bytes'])})",
+    )
+    control.add_argument(
+        "--record-max-connections",
+        type=zero_is_none(count),
+        default=default["record_max_connections"],
+        metavar="N",
+        help="recordings kept, the oldest dropped first; 0 for no limit "
+        f"(default: {default['record_max_connections']})",
+    )
 
 
 def _given_sockets(args: argparse.Namespace) -> tuple[int, ...]:
@@ -463,6 +510,8 @@ def serve_command(args: argparse.Namespace) -> int:
             check_workers(config, args.workers)
         if args.metrics is not None:
             check_metrics_extra()
+        if args.control is not None:
+            _check_control(args)
     except (BackendUnavailableError, ValueError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     configure_logging(args.log_level, args.log_format)
@@ -481,12 +530,15 @@ def serve_command(args: argparse.Namespace) -> int:
     server = EchoServer(config)
     return run_until_stopped(
         backend,
-        run_server,
-        server,
-        args.stats_interval,
-        args.ready_fd,
-        args.metrics,
-        args.report_interval,
+        functools.partial(
+            run_server,
+            server,
+            stats_interval=args.stats_interval,
+            ready_fd=args.ready_fd,
+            metrics=args.metrics,
+            report_interval=args.report_interval,
+            control=args.control,
+        ),
     )
 
 
@@ -502,6 +554,19 @@ def check_metrics_extra() -> None:
                 f"--metrics needs the {module!r} package: "
                 "pip install 'anyecho[metrics]'"
             ) from exc
+
+
+def _check_control(args: argparse.Namespace) -> None:
+    """Raise :exc:`ValueError` unless ``--control`` can be served."""
+    if args.workers:
+        raise ValueError(
+            "--control cannot be used with --workers: each worker has its own "
+            "connections and faults; run one server per port instead"
+        )
+    try:
+        import h11  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("--control needs h11: pip install 'anyecho[control]'") from exc
 
 
 def leaf_exception(exc: BaseException) -> BaseException:
@@ -591,12 +656,32 @@ async def _log_stats(server: EchoServer, interval: float) -> None:
         logger.info("stats: %s", server.stats.summary())
 
 
+async def _serve_control(server: EchoServer, host: str, port: int) -> None:
+    """The control API, once the server listens (logged with its address)."""
+    import anyio
+
+    from ..control import serve_control
+
+    try:
+        await server.wait_listening()
+    except RuntimeError:  # failed to start: serve() raises the cause
+        return
+    async with anyio.create_task_group() as tg:
+        addresses = await tg.start(serve_control, server, host, port)
+        urls = ", ".join(
+            str(address).replace("tcp://", "http://", 1) for address in addresses
+        )
+        logger.info("control API on %s", urls)
+
+
 async def run_server(
     server: EchoServer,
+    *,
     stats_interval: float | None = None,
     ready_fd: int | None = None,
     metrics: tuple[str, int] | None = None,
     report_interval: float | None = None,
+    control: tuple[str, int] | None = None,
 ) -> None:
     """Run ``server`` until a stop request (the body of ``anyecho serve``).
 
@@ -622,6 +707,8 @@ async def run_server(
             tg.start_soon(_report_to_supervisor, server, ready_fd, report_interval)
         if stats_interval:
             tg.start_soon(_log_stats, server, stats_interval)
+        if control is not None:
+            tg.start_soon(_serve_control, server, *control)
         try:
             await server.serve()
         finally:
