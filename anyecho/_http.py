@@ -55,7 +55,7 @@ class HTTPLimits:
     :param max_head_bytes: the most bytes of a request line and headers (431)
     :param max_headers: the most header fields in a request (431)
     :param max_body_bytes: the most bytes of a request body (413 past it), read
-        into :attr:`Request.body`
+        into the request's ``body``
     :param request_timeout: seconds a peer has to send a whole request (408
         if it had begun one), the longest an idle keep-alive connection stays
         open, and the time it has to take a response

@@ -51,7 +51,6 @@ __all__ = [
     "RequestError",
     "faults_from_json",
     "faults_to_json",
-    "http_handler",
     "serve_control",
     "stats_to_json",
 ]
@@ -324,7 +323,7 @@ async def serve_control(
     """
     hosts = None if host in (None, "*") else (host,)
     await serve_http(
-        http_handler(ControlAPI(server)),
+        _http_handler(ControlAPI(server)),
         hosts,
         port,
         limits=limits or CONTROL_LIMITS,
@@ -333,7 +332,7 @@ async def serve_control(
     )
 
 
-def http_handler(api: ControlAPI) -> Handler:
+def _http_handler(api: ControlAPI) -> Handler:
     """``api`` as a handler of anyecho's HTTP server: JSON in, JSON out."""
 
     async def handle(request: Request) -> Response:
