@@ -114,7 +114,7 @@ class Admission:
         )
         self._stats = stats
         #: open connections per source address, and the ones waiting for a slot
-        self._sources: dict[str, int] = {}
+        self._sources: dict[str, int] = stats.open_by_source
         self._waiting: dict[str, deque[tuple[socket.socket, Any] | _Parked]] = {}
         self._waiters = 0
         #: starts a connection's task (set by the server while it serves)

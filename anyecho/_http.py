@@ -190,8 +190,10 @@ class _Connection:
                 if len(event.headers) > limits.max_headers:
                     await self.fail(431, "too many header fields")
                 # h11 bounds a head that arrives in pieces; this, a whole one.
-                head = len(event.method) + len(event.target) + sum(
-                    len(name) + len(value) + 4 for name, value in event.headers
+                head = (
+                    len(event.method)
+                    + len(event.target)
+                    + sum(len(name) + len(value) + 4 for name, value in event.headers)
                 )
                 if head > limits.max_head_bytes:
                     await self.fail(431, "request head too large")

@@ -124,6 +124,10 @@ class StatsSnapshot:
         limit with no room to wait), ``reset`` (a waiter whose peer had gone);
         they count in :attr:`total_connections` and :attr:`errors` too
     :param connection_durations: how long the closed connections lasted
+    :param open_by_source: the open stream connections by client address, where
+        the per-source limit counts them (behind a proxy: the address its PROXY
+        header named); an address with no connection open is absent, so this
+        holds at most as many entries as connections are open
     :param state: ``starting`` (not listening yet), ``serving`` (accepting),
         ``draining`` (a stop has begun: not ready for new clients while the
         open connections finish) or ``stopped``
@@ -146,6 +150,9 @@ class StatsSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
     datagrams_held: int = 0
+    open_by_source: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     refused_by_reason: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -305,6 +312,8 @@ class ServerStats:
         self.udp_faults_injected: Counter[str] = Counter()
         #: UDP datagrams held for an impairment now
         self.datagrams_held = 0
+        #: open connections per source address (the admission's own counts)
+        self.open_by_source: dict[str, int] = {}
         self.refused_by_reason: Counter[str] = Counter()
         #: the closed connections' durations: counts per bucket, and their sum
         self.duration_counts = [0] * (len(DURATION_BUCKETS) + 1)
@@ -404,6 +413,7 @@ class ServerStats:
                 Counter(self.datagrams_dropped_by_reason)
             ),
             udp_faults_injected=MappingProxyType(Counter(self.udp_faults_injected)),
+            open_by_source=MappingProxyType(dict(self.open_by_source)),
             datagrams_held=self.datagrams_held,
             refused_by_reason=MappingProxyType(Counter(self.refused_by_reason)),
             connection_durations=DurationHistogram(

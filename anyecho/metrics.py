@@ -153,6 +153,15 @@ def families(snapshot: StatsSnapshot) -> list[Metric]:
     )
     open_now.add_metric([], snapshot.active_connections)
     metrics.append(open_now)
+    by_source = GaugeMetricFamily(
+        "anyecho_source_connections_open",
+        "Stream connections open now, by client address (behind a proxy, the "
+        "address its PROXY header named); only addresses with one open.",
+        labels=["source"],
+    )
+    for source, count in sorted(snapshot.open_by_source.items()):
+        by_source.add_metric([source], count)
+    metrics.append(by_source)
     for name, documentation, attribute, unit in _COUNTERS:
         counter = CounterMetricFamily(name, documentation, unit=unit)
         counter.add_metric([], getattr(snapshot, attribute))

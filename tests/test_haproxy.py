@@ -33,7 +33,7 @@ import anyio
 import pytest
 
 from .processes import ServerProcess
-from .utils import TIMEOUT, http_get_now, metric, random_bytes
+from .utils import TIMEOUT, http_get_now, metric, metric_values, random_bytes
 
 pytestmark = [pytest.mark.haproxy, pytest.mark.anyio]
 
@@ -389,6 +389,15 @@ async def test_haproxy_in_front_of_three_instances(
             held_clients = [
                 await Held.open(instance, random_bytes(PAYLOAD)) for _ in range(HELD)
             ]
+            if PROXY_PROTOCOL:  # its metrics name the real client, not HAProxy
+                text = await anyio.to_thread.run_sync(instance.scrape)
+                sources = {
+                    dict(labels)["source"]: value
+                    for (name, labels), value in metric_values(text).items()
+                    if name == "anyecho_source_connections_open"
+                }
+                assert set(sources) == {CLIENT_HOST}, sources
+                assert sources[CLIENT_HOST] >= HELD
             instance.terminate()
             # Not ready at once: the balancer takes it out; then the listeners
             # close, and the held clients are still there.

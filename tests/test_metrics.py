@@ -146,6 +146,27 @@ async def test_tls_handshake_failures_are_counted(
 
 
 @pytest.mark.anyio
+async def test_open_connections_by_source() -> None:
+    async with serving(max_connections_per_source=10) as server:
+        async with await server.connect() as one, await server.connect() as two:
+            await round_trip(one, b"one")
+            await round_trip(two, b"two")
+            text = metrics_text(server.server)
+            assert (
+                metric(text, "anyecho_source_connections_open", source="127.0.0.1") == 2
+            )
+        with anyio.fail_after(TIMEOUT):
+            await server.wait_stats(lambda s: s.active_connections == 0)
+        text = metrics_text(server.server)
+    assert not [
+        name
+        for name, _ in metric_values(text)
+        if name == "anyecho_source_connections_open"
+    ]
+    assert server.stats.open_by_source == {}
+
+
+@pytest.mark.anyio
 async def test_injected_faults_are_counted_and_are_no_errors() -> None:
     async with serving(
         udp=True, udp_rate=RateLimit(1000, 1000), udp_byte_rate=RateLimit(1e6, 1e6)

@@ -175,7 +175,9 @@ class _Totals:
         with self.lock:
             last = self.live.pop(key, None)
             if last is not None:
-                last = dataclasses.replace(last, active_connections=0)
+                last = dataclasses.replace(
+                    last, active_connections=0, datagrams_held=0, open_by_source={}
+                )
                 self.gone = combine([self.gone, last], "stopped")
 
     def snapshot(self) -> StatsSnapshot:
