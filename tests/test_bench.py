@@ -578,6 +578,17 @@ def test_a_sweep_stops_a_server_at_its_knee(tmp_path: Path) -> None:
 # -- any server ------------------------------------------------------------------
 
 
+def rounds_run(report: dict[str, Any], repeat: int) -> int:
+    """The rounds a report ran: all ``repeat``, or only the first when it found
+    the load generator the limit for every server (on a busy machine), which
+    the report then says."""
+    if not report["skipped"]:
+        return repeat
+    assert all(run["loadgen_limited"] for run in report["runs"]), report["runs"]
+    assert all("load generator was the limit" in s["reason"] for s in report["skipped"])
+    return 1
+
+
 def test_servers_of_ones_own_and_running_targets_join_the_rounds(
     tmp_path: Path,
 ) -> None:
@@ -603,7 +614,12 @@ def test_servers_of_ones_own_and_running_targets_join_the_rounds(
     report = json.loads(json_path.read_text())
     check(report, REPORT_SCHEMA)
     assert report["settings"]["servers"] == ["tutorial", "mine", "target"]
-    assert [r["server"] for r in report["runs"]] == ["tutorial", "mine", "target"] * 2
+    rounds = rounds_run(report, 2)
+    assert [r["server"] for r in report["runs"]] == [
+        "tutorial",
+        "mine",
+        "target",
+    ] * rounds
     for run in report["runs"]:
         assert run["ok"], run["error"]
         assert run["cpu_us_per_echo"] is not None  # the target's, by its pid
@@ -661,7 +677,8 @@ def test_servers_run_on_other_interpreters_in_the_same_rounds(tmp_path: Path) ->
         assert "No module named" in other["reason"] or "importable" in other["reason"]
         return
     assert process.returncode == 0, process.stderr
-    assert [r["server"] for r in report["runs"]] == ["tutorial", other["name"]] * 2
+    rounds = rounds_run(report, 2)
+    assert [r["server"] for r in report["runs"]] == ["tutorial", other["name"]] * rounds
 
 
 @pytest.mark.parametrize(
