@@ -152,6 +152,37 @@ class _ReadDelayed(_Wrapper):
         return await self.stream.receive(max_bytes)
 
 
+class _TokenBucket:
+    """``rate`` bytes per second, ``burst`` at once, on AnyIO's clock: the one
+    bucket behind :func:`throttle` and :func:`read_throttle`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+
+    def _refill(self) -> float:
+        now = anyio.current_time()
+        if self._stamp is not None:
+            elapsed = now - self._stamp
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._stamp = now
+        return self._tokens
+
+    async def wait_for(self, size: int) -> None:
+        """Wait until ``size`` bytes' worth of tokens are there."""
+        missing = size - self._refill()
+        if missing > 0:
+            await anyio.sleep(missing / self.rate)
+            self._refill()
+
+    def spend(self, size: int) -> None:
+        # A timer that fires a little early leaves a small debt, which the next
+        # wait pays off.
+        self._tokens -= size
+
+
 class _ReadThrottled(_Wrapper):
     """Receive at most ``rate`` bytes per second (a token bucket), ``burst`` at once.
 
@@ -161,27 +192,14 @@ class _ReadThrottled(_Wrapper):
 
     def __init__(self, stream: ByteStream, rate: float, burst: int) -> None:
         super().__init__(stream)
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._stamp: float | None = None
-
-    def _refill(self) -> float:
-        now = anyio.current_time()
-        if self._stamp is not None:
-            elapsed = now - self._stamp
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        self._stamp = now
-        return self._tokens
+        self._bucket = _TokenBucket(rate, burst)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        size = min(max_bytes, self._burst)
-        missing = size - self._refill()
-        if missing > 0:
-            await anyio.sleep(missing / self._rate)
-            self._refill()
+        bucket = self._bucket
+        size = min(max_bytes, bucket.burst)
+        await bucket.wait_for(size)
         data = await self.stream.receive(size)
-        self._tokens -= len(data)
+        bucket.spend(len(data))
         return data
 
 
@@ -216,30 +234,15 @@ class _Fragmented(_Wrapper):
 class _Throttled(_Wrapper):
     def __init__(self, stream: ByteStream, rate: float, burst: int) -> None:
         super().__init__(stream)
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._stamp: float | None = None
-
-    def _refill(self) -> float:
-        now = anyio.current_time()
-        if self._stamp is not None:
-            elapsed = now - self._stamp
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        self._stamp = now
-        return self._tokens
+        self._bucket = _TokenBucket(rate, burst)
 
     async def send(self, item: bytes) -> None:
-        burst, send = self._burst, self.stream.send
+        bucket, send = self._bucket, self.stream.send
+        burst = bucket.burst
         for start in range(0, len(item), burst):
             piece = item if len(item) <= burst else item[start : start + burst]
-            missing = len(piece) - self._refill()
-            if missing > 0:
-                await anyio.sleep(missing / self._rate)
-                self._refill()
-            # A timer that fires a little early leaves a small debt, which the
-            # next piece waits off.
-            self._tokens -= len(piece)
+            await bucket.wait_for(len(piece))
+            bucket.spend(len(piece))
             await send(piece)
 
 
