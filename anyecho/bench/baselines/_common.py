@@ -18,6 +18,7 @@ __all__ = [
     "parser",
     "resolve_loop",
     "run_asyncio",
+    "serve_protocol",
     "tls_context",
 ]
 
@@ -90,6 +91,28 @@ def announce(port: int, baseline: str, loop: str, *, tls: bool = False) -> None:
     )
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+async def serve_protocol(
+    factory: Callable[[], asyncio.BaseProtocol],
+    baseline: str,
+    port: int,
+    loop_name: str,
+    *,
+    unix: str | None = None,
+    tls_cert: str | None = None,
+) -> None:
+    """Serve asyncio ``factory``'s protocol until cancelled (on ``unix`` too, if
+    given; TLS with ``tls_cert``), and announce it as ``baseline``."""
+    loop = asyncio.get_running_loop()
+    if unix is not None:
+        await loop.create_unix_server(factory, unix)
+    tls = tls_context(tls_cert)
+    server = await loop.create_server(factory, HOST, port, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, baseline, loop_name, tls=tls is not None)
+    async with server:
+        await server.serve_forever()
 
 
 def run_asyncio(

@@ -13,12 +13,10 @@ from typing import cast
 
 from ._common import (
     ASYNCIO_LOOPS,
-    HOST,
-    announce,
     parser,
     resolve_loop,
     run_asyncio,
-    tls_context,
+    serve_protocol,
 )
 
 #: Bytes read at most at a time, per connection.
@@ -55,15 +53,9 @@ async def serve(
     port: int, loop_name: str, unix: str | None = None, tls_cert: str | None = None
 ) -> None:
     """Serve until cancelled (on ``unix`` too, if given; TLS with ``tls_cert``)."""
-    loop = asyncio.get_running_loop()
-    if unix is not None:
-        await loop.create_unix_server(EchoBufferedProtocol, unix)
-    tls = tls_context(tls_cert)
-    server = await loop.create_server(EchoBufferedProtocol, HOST, port, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    announce(port, "buffered", loop_name, tls=tls is not None)
-    async with server:
-        await server.serve_forever()
+    await serve_protocol(
+        EchoBufferedProtocol, "buffered", port, loop_name, unix=unix, tls_cert=tls_cert
+    )
 
 
 def main() -> None:
