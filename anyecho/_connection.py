@@ -462,7 +462,19 @@ class Connections:
                 stream = await self._start(client, state, recording, conn)
                 if stream is None:
                     return "error"
-                await self._echo(stream, state, faults)
+                if self._plain(faults):
+                    # The plain echo, until faults reach it (which cancel it
+                    # between two chunks, to go on below). Called from here,
+                    # not from a helper coroutine: every frame between the task
+                    # and ``echo`` is resumed and suspended again on every echo.
+                    faults.echoing = True
+                    faults.watch = state.watch
+                    await echo(
+                        stream, receive_size=self.config.receive_size, counts=state
+                    )
+                    faults.echoing = False
+                else:
+                    await self._echo_faulted(stream, state, faults)
                 ended = "eof"
         if faults.interrupted and stream is not None and not state.timed_out:
             # Faults reached the connection: it goes on under them.
@@ -623,20 +635,12 @@ class Connections:
         self._proxy_failed(name, reason)
         return None
 
-    async def _echo(
-        self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
-    ) -> None:
-        if self.config.wrap_stream is None and not (
+    def _plain(self, faults: ConnectionFaults) -> bool:
+        """Whether the connection starts on the plain echo: no wrapper, and no
+        fault has ever shaped a stream."""
+        return self.config.wrap_stream is None and not (
             self._faults.engaged or faults.needs_stream or faults.cut
-        ):
-            # No fault has ever shaped a stream: the plain echo, until faults
-            # reach it (which cancel it between two chunks, to go on below).
-            faults.echoing = True
-            faults.watch = state.watch
-            await echo(conn, receive_size=self.config.receive_size, counts=state)
-            faults.echoing = False
-            return
-        await self._echo_faulted(conn, state, faults)
+        )
 
     async def _echo_faulted(
         self, conn: ByteStream, state: ConnectionState, faults: ConnectionFaults
