@@ -38,13 +38,24 @@ async def test_the_instruction_client_runs_exactly_the_echoes_asked_for() -> Non
 
 
 def test_the_table_gives_medians() -> None:
-    table = {"a": {"64 B x 1": [3.0, 1.0, 2.0]}, "b": {"64 B x 1": [5.0]}}
-    assert cpu._markdown(table, ["64 B x 1"], "cpu").splitlines() == [
+    table = {
+        "a": {"64 B x 1": [{"cpu": 3.0}, {"cpu": 1.0}, {"cpu": 2.0}]},
+        "b": {"64 B x 1": [{"cpu": 5.0}]},
+    }
+    assert cpu._markdown(table, ["64 B x 1"], "cpu", "CPU µs per echo", 2).split(
+        "\n"
+    ) == [
         "| server (CPU µs per echo) | 64 B x 1 |",
         "|---|---|",
         "| a | 2.00 |",
         "| b | 5.00 |",
+        "",
     ]
+
+
+def test_callgrind_totals_are_read_by_event_name() -> None:
+    dump = "version: 1\nevents: Ir D1mr DLmr\nfn=(1) f\n1 5 1 0\nsummary: 900 40 7\n"
+    assert cpu._counts(dump) == {"Ir": 900, "D1mr": 40, "DLmr": 7}
 
 
 @pytest.mark.parametrize(
@@ -53,6 +64,7 @@ def test_the_table_gives_medians() -> None:
         (["instr", "--servers", "nginx"], "unknown servers: nginx"),
         (["cpu", "--echoload", "/nonexistent/echoload"], "not found"),
         (["instr", "--sizes", "64x"], "invalid size '64x'"),
+        (["instr", "--cache-sim", "--ll", "big"], "invalid size 'big'"),
     ],
 )
 def test_bad_options_are_one_line_errors(args: list[str], error: str) -> None:

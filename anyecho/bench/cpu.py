@@ -13,7 +13,15 @@ warms them up, zeroes callgrind's counters, runs exactly ``--echoes`` echoes
 (one message in flight per connection), and dumps the counters: the server's
 instructions per echo, without its start-up, connects or closes. The count does
 not depend on what else the machine runs, so it can tell apart changes that
-CPU time, on a busy machine, cannot.
+CPU time, on a busy machine, cannot. With ``--cache-sim`` callgrind also
+simulates the caches, and the tables give the server's data cache misses per
+echo: first-level misses, and misses of a last level the size of one core's L2
+(``--ll``), the memory an echo touches that does not stay in a core's own cache.
+
+Next to the CPU time per echo, ``cpu`` splits it into user and system time (in the
+proportions ``/proc`` shows over the run) and gives the load generator's
+sleeps per echo: how often a write of the server had to wake it, work that the
+kernel charges to the server, and that grows as the server gets slower.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import selectors
 import shutil
@@ -51,7 +60,27 @@ DEFAULT_SERVERS = (
 )
 
 _READY = re.compile(r"tcp://127\.0\.0\.1:(\d+)")
-_SUMMARY = re.compile(r"^summary: (\d+)", re.MULTILINE)
+_EVENTS = re.compile(r"^events: (.*)$", re.MULTILINE)
+_SUMMARY = re.compile(r"^summary: (.*)$", re.MULTILINE)
+
+#: The figures of each mode, as (key, the table's unit, decimals shown).
+_FIGURES = {
+    "cpu": (
+        ("cpu", "CPU µs per echo", 2),
+        ("user", "user CPU µs per echo", 2),
+        ("system", "system CPU µs per echo", 2),
+        ("sleeps", "load generator sleeps per echo", 3),
+    ),
+    "instr": (("instr", "instructions per echo", 0),),
+    "cache-sim": (
+        ("instr", "instructions per echo", 0),
+        ("d1", "D1 data misses per echo", 0),
+        ("ll", "LL data misses per echo", 0),
+    ),
+}
+
+#: Figures per cell: a value per figure key.
+Figures = dict[str, float]
 
 
 class _Server:
@@ -87,21 +116,48 @@ class _Server:
 
 def _echoload(
     echoload: str, server: _Server, cell: tuple[int, int], secs: float
-) -> float:
-    """The server's CPU time per echo in µs, over one echoload window."""
+) -> Figures:
+    """The server's CPU time per echo in µs over one echoload window, split into
+    user and system time, and the load generator's sleeps per echo."""
     conns, size = cell
-    result = subprocess.run(  # noqa: S603 - the load generator the user named
+    before = _user_system(server.pid)
+    process = subprocess.Popen(  # noqa: S603 - the load generator the user named
         [
             *("taskset", "-c", "1", echoload, "--port", str(server.port)),
             *("--conns", str(conns), "--size", str(size), "--duration", str(secs)),
             *("--warmup", "0.5", "--server-pid", str(server.pid), "--json"),
             "--quiet",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        check=True,
     )
-    return float(json.loads(result.stdout)["server_cpu_us_per_echo"])
+    assert process.stdout is not None
+    with process.stdout:
+        output = process.stdout.read()
+    # os.wait4 gives the child's resource use: its voluntary context switches.
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"anyecho.bench.cpu: echoload failed ({process.returncode})")
+    after = _user_system(server.pid)
+    result = json.loads(output)
+    total = float(result["server_cpu_us_per_echo"])
+    user, system = (a - b for a, b in zip(after, before, strict=True))
+    share = user / (user + system) if user + system else 0.0
+    return {
+        "cpu": total,
+        "user": total * share,
+        "system": total * (1 - share),
+        "sleeps": usage.ru_nvcsw / max(int(result["echoes_total"]), 1),
+    }
+
+
+def _user_system(pid: int) -> tuple[int, int]:
+    """User and system CPU time of ``pid`` so far, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
 
 
 def _drive(conns: list[socket.socket], size: int, total: int) -> None:
@@ -135,14 +191,16 @@ def _drive(conns: list[socket.socket], size: int, total: int) -> None:
 
 
 def _instructions(
-    name: str, cells: list[tuple[int, int]], echoes: int
-) -> dict[str, float]:
-    """Instructions per echo of server ``name`` in each cell, under callgrind."""
-    results: dict[str, float] = {}
+    name: str, cells: list[tuple[int, int]], echoes: int, cache: Sequence[str] = ()
+) -> dict[str, Figures]:
+    """Instructions per echo of server ``name`` in each cell, under callgrind;
+    with ``cache`` (callgrind's cache options), data cache misses per echo too."""
+    results: dict[str, Figures] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "callgrind.out")
         server = _Server(
-            name, ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p")
+            name,
+            ("valgrind", "--tool=callgrind", *cache, f"--callgrind-out-file={out}.%p"),
         )
         try:
             for size, count in cells:
@@ -162,12 +220,23 @@ def _instructions(
                     before = set(Path(tmp).iterdir())
                     _callgrind("--dump", server.pid)
                     [dump] = set(Path(tmp).iterdir()) - before
-                    summary = _SUMMARY.search(dump.read_text())
-                    assert summary is not None
-                    results[_cell(size, count)] = int(summary[1]) / total
+                    counts = _counts(dump.read_text())
+                    figures = {"instr": counts["Ir"] / total}
+                    if cache:
+                        figures["d1"] = (counts["D1mr"] + counts["D1mw"]) / total
+                        figures["ll"] = (counts["DLmr"] + counts["DLmw"]) / total
+                    results[_cell(size, count)] = figures
         finally:
             server.stop()
     return results
+
+
+def _counts(dump: str) -> dict[str, int]:
+    """The event totals of a callgrind dump, by event name."""
+    events, summary = _EVENTS.search(dump), _SUMMARY.search(dump)
+    if events is None or summary is None:
+        raise SystemExit("anyecho.bench.cpu: callgrind wrote no totals")
+    return dict(zip(events[1].split(), map(int, summary[1].split()), strict=False))
 
 
 def _callgrind(command: str, pid: int) -> None:
@@ -194,6 +263,17 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_argument("--duration", type=float, default=2.0, help="cpu: seconds")
     cli.add_argument("--echoload", default="echoload", help="cpu: the load generator")
     cli.add_argument("--echoes", type=int, default=4000, help="instr: echoes per cell")
+    cli.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="instr: also simulate the caches; data misses per echo",
+    )
+    cli.add_argument(
+        "--ll",
+        default="512k",
+        help="instr --cache-sim: the simulated last level's size (default 512k, "
+        "one core's L2 here), 8-way, 64-byte lines",
+    )
     cli.add_argument("--json", type=Path, help="also write every figure here")
     return cli
 
@@ -222,40 +302,62 @@ def main(argv: Sequence[str] | None = None) -> None:
     tool = args.echoload if args.mode == "cpu" else "valgrind"
     if shutil.which(tool) is None:
         cli.error(f"{tool} not found")
-    table: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+    mode = "cache-sim" if args.mode == "instr" and args.cache_sim else args.mode
+    cache = _cache_options(cli, args.ll) if args.cache_sim else []
+    table: dict[str, dict[str, list[Figures]]] = {name: {} for name in servers}
     if args.mode == "instr":
         for name in servers:
-            for cell, value in _instructions(name, cells, args.echoes).items():
-                table[name][cell] = [value]
+            found = _instructions(name, cells, args.echoes, cache)
+            for cell, figures in found.items():
+                table[name][cell] = [figures]
     else:
         for run in range(args.repeat):
             for name in servers:
                 server = _Server(name, ("taskset", "-c", "0"))
                 try:
                     for size, count in cells:
-                        figure = _echoload(
+                        figures = _echoload(
                             args.echoload, server, (count, size), args.duration
                         )
-                        table[name].setdefault(_cell(size, count), []).append(figure)
+                        table[name].setdefault(_cell(size, count), []).append(figures)
                 finally:
                     server.stop()
             sys.stderr.write(f"run {run + 1} of {args.repeat} done\n")
-    sys.stdout.write(_markdown(table, [_cell(*cell) for cell in cells], args.mode))
+    shown = [_cell(*cell) for cell in cells]
+    sys.stdout.write(
+        "\n".join(
+            _markdown(table, shown, key, unit, digits)
+            for key, unit, digits in _FIGURES[mode]
+        )
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(table, indent=1) + "\n")
 
 
+def _cache_options(cli: argparse.ArgumentParser, ll: str) -> list[str]:
+    """callgrind's options to simulate a 32 KiB D1 and an ``ll``-sized last level."""
+    try:
+        size = parse_size(ll)
+    except ValueError as exc:
+        cli.error(str(exc))
+    return ["--cache-sim=yes", "--D1=32768,8,64", f"--LL={size},8,64"]
+
+
 def _markdown(
-    table: dict[str, dict[str, list[float]]], cells: list[str], mode: str
+    table: dict[str, dict[str, list[Figures]]],
+    cells: list[str],
+    key: str,
+    unit: str,
+    digits: int,
 ) -> str:
-    """The medians as a Markdown table, a server per row."""
-    unit = "instructions per echo" if mode == "instr" else "CPU µs per echo"
+    """The medians of figure ``key`` as a Markdown table, a server per row."""
     lines = [f"| server ({unit}) | " + " | ".join(cells) + " |"]
     lines.append("|---" * (len(cells) + 1) + "|")
     for name, row in table.items():
-        figures = [statistics.median(row[cell]) for cell in cells]
-        shown = [f"{f:,.0f}" if mode == "instr" else f"{f:.2f}" for f in figures]
-        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+        figures = [statistics.median(run[key] for run in row[cell]) for cell in cells]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{f:,.{digits}f}" for f in figures) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
