@@ -6,9 +6,9 @@ send to a reader that takes 64 KiB a second finishes only after 16 seconds, but
 moves bytes all along, and the idle watchdog must see that. It drives the
 stdlib socket itself, as ``trio.socket`` does, for a third fewer instructions
 per small echo than AnyIO's stream over Trio's socket. Everything else is as in
-AnyIO: every receive and send is a cancellation point, every receive yields and
-so does every send but one straight after a receive (see
-:meth:`TrioStream.send`), concurrent use raises
+AnyIO: every receive and send is a cancellation point, every send yields and
+so does every receive but one straight after a send (see
+:meth:`TrioStream.receive`), concurrent use raises
 :exc:`~anyio.BusyResourceError`, an empty read is :exc:`~anyio.EndOfStream`, a
 socket error is :exc:`~anyio.BrokenResourceError` and use after
 :meth:`~TrioStream.aclose` is :exc:`~anyio.ClosedResourceError`.
@@ -43,9 +43,9 @@ class TrioStream(SocketStream):
 
     It drives the socket as Trio's own socket methods do (try the system call,
     wait for readiness only if it would block), without their wrapper: every
-    receive is a checkpoint, and so is every send, except that a send straight
-    after a receive on this stream checks for cancellation without yielding a
-    second time (see :meth:`send`).
+    send is a checkpoint, and so is every receive, except that a receive
+    straight after a send on this stream checks for cancellation without
+    yielding a second time (see :meth:`receive`).
 
     :param sock: the socket; the stream owns it and closes it in :meth:`aclose`
     """
@@ -59,7 +59,7 @@ class TrioStream(SocketStream):
         self._receiving = False
         self._sending = False
         self._written = 0
-        # Whether the last call on this stream was a receive, which yielded.
+        # Whether the last call on this stream was a send, which yielded.
         self._yielded = False
 
     @property
@@ -87,9 +87,23 @@ class TrioStream(SocketStream):
         if self._receiving:
             raise BusyResourceError("reading from")
         self._receiving = True
+        # What trio.socket's recv() does: a cancellation point, the system call,
+        # and then either a yield or a wait that is one. A receive straight after
+        # a send keeps the cancellation point and skips the yield: the send has
+        # just yielded, after writing, which is also what gives the peer time to
+        # answer before this recv() (had the send skipped its yield instead, the
+        # recv() would come straight after the write and find nothing: a failed
+        # system call, an epoll registration and a wait, per echo). Why nothing
+        # is lost:
+        # * Cancellation: checkpoint_if_cancelled raises if any scope around
+        #   the task was cancelled, whenever and by whom, before anything is read.
+        # * Fairness: the send yielded (Trio's scheduler ran every other runnable
+        #   task), so each send-then-receive turn still yields once; a second
+        #   yield would only run the scheduler again with nothing new for this
+        #   connection. Every receive clears the flag, so receives in a row yield.
+        yielded = self._yielded
+        self._yielded = False
         try:
-            # What trio.socket's recv() does: a cancellation point, the system
-            # call, and then either a yield or a wait that is one.
             await checkpoint_if_cancelled()
             raw = self._raw
             try:
@@ -103,8 +117,8 @@ class TrioStream(SocketStream):
                     except BlockingIOError:
                         pass
             else:
-                await cancel_shielded_checkpoint()
-            self._yielded = True
+                if not yielded:
+                    await cancel_shielded_checkpoint()
         except BaseException as exc:
             self._convert(exc)
         finally:
@@ -117,38 +131,30 @@ class TrioStream(SocketStream):
         if self._sending:
             raise BusyResourceError("writing to")
         self._sending = True
-        # Trio's socket send() is a cancellation point, the system call, and a
-        # yield (or a wait for the socket to be writable). A send straight after a
-        # receive keeps the cancellation point and skips the yield. Why nothing is
-        # lost:
-        # * Cancellation: checkpoint_if_cancelled raises if any scope around
-        #   the task was cancelled, whenever and by whom, before anything is sent.
-        # * Fairness: the receive yielded (Trio's scheduler ran every other
-        #   runnable task), so each receive-then-send turn still yields once; a
-        #   second yield would only run the scheduler again with nothing new for
-        #   this connection. Every send clears the flag, so sends in a row yield.
-        yielded = self._yielded
-        self._yielded = False
+        # Trio's socket send(): a cancellation point, the system call, and a
+        # yield (or a wait for the socket to be writable, which is one).
         try:
             await checkpoint_if_cancelled()
             if self._closed:
                 raise ClosedResourceError
             raw = self._raw
             view = memoryview(item)
+            waited = False
             try:
                 while view:
                     try:
                         sent = raw.send(view)
                     except BlockingIOError:
                         await wait_writable(raw)
-                        yielded = True
+                        waited = True
                         continue
                     self._written += sent
                     view = view[sent:]
-                if not yielded:
+                if not waited:
                     await cancel_shielded_checkpoint()
             except BaseException as exc:
                 self._convert(exc)
+            self._yielded = True
         finally:
             self._sending = False
 

@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -44,6 +45,9 @@ from .utils import (
     receive_exactly,
     reset_on_close,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 pytestmark = pytest.mark.anyio
 
@@ -432,6 +436,76 @@ async def test_every_receive_then_send_turn_yields(
                 echoed += data
             await server.send_eof()
             assert await receive_all(client) == payload
+
+
+async def test_the_loop_runs_between_a_send_and_the_next_read(
+    listener: SocketListener, anyio_backend_name: str
+) -> None:
+    """Each echo turn yields once, between the send and the next read, which gives
+    the peer the time to answer before the stream looks for its answer.
+
+    On Trio the stream makes the ``recv()`` system call itself: the one that
+    follows a send must come after the send's yield, or it finds nothing, and the
+    receive pays a failed system call, an epoll registration and a wait on every
+    echo. On asyncio a receive takes from the transport's buffer, and yields
+    before it hands out what is there.
+    """
+    if anyio_backend_name != "trio":
+        async with connected(listener) as (server, client):
+            with anyio.fail_after(TIMEOUT):
+                await client.send(b"1")
+                assert await server.receive() == b"1"
+                await server.send(b"1")
+                assert await client.receive() == b"1"
+                await client.send(b"2")
+                await wait_buffered(server, 1)
+                with assert_yields(anyio_backend_name):
+                    assert await server.receive() == b"2"
+        return
+
+    import trio
+
+    steps = 0
+    reads: list[int] = []
+    sends: list[int] = []
+    this = trio.lowlevel.current_task()
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            nonlocal steps
+            if task is this:
+                steps += 1
+
+    class Spy(socket.socket):
+        def recv(self, bufsize: int, flags: int = 0) -> bytes:
+            reads.append(steps)
+            return super().recv(bufsize, flags)
+
+        def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+            sends.append(steps)
+            return super().send(data, flags)
+
+    ours, peer = socket.socketpair()
+    stream = TrioStream(Spy(fileno=ours.detach()))
+    trio.lowlevel.add_instrument(Steps())
+    with peer, anyio.fail_after(TIMEOUT):
+        async with stream:
+            peer.sendall(b"1")
+            assert await stream.receive() == b"1"
+            await stream.send(b"1")
+            assert peer.recv(1) == b"1"
+            peer.sendall(b"2")  # the answer is there before the next receive
+            reads.clear()
+            assert await stream.receive() == b"2"
+            assert reads == [reads[0]], "one recv(): the answer was there"
+            assert reads[0] > sends[-1], "the recv() came before the send yielded"
+
+
+async def wait_buffered(stream: SocketStream, size: int) -> None:
+    """Until ``stream`` has ``size`` bytes buffered, if it is an
+    :class:`AsyncioStream` (AnyIO's own stream does not say)."""
+    while isinstance(stream, AsyncioStream) and stream.read_buffered < size:
+        await anyio.lowlevel.checkpoint()
 
 
 async def test_a_send_after_a_receive_is_still_a_cancellation_point(
