@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -262,7 +264,7 @@ async def test_small_writes_waiting_together_come_out_together(
         for _ in range(100):
             await client.send(b"x" * 100)
             await anyio.sleep(0.001)  # separate reads on the server side
-        await anyio.sleep(0.1)
+        await wait_arrived(server, 100 * 100)
         with anyio.fail_after(TIMEOUT):
             assert await server.receive(5000) == b"x" * 5000
             assert await server.receive() == b"x" * 5000
@@ -403,7 +405,7 @@ async def test_receive_and_send_are_checkpoints(
 ) -> None:
     async with connected(listener) as (server, client):
         await client.send(b"ready")
-        await anyio.sleep(0.1)  # time enough to arrive
+        await wait_arrived(server, 5)
         if isinstance(server, AsyncioStream):
             assert server.read_buffered == 5
         with assert_yields(anyio_backend_name):
@@ -458,7 +460,7 @@ async def test_the_loop_runs_between_a_send_and_the_next_read(
                 await server.send(b"1")
                 assert await client.receive() == b"1"
                 await client.send(b"2")
-                await wait_buffered(server, 1)
+                await wait_arrived(server, 1)
                 with assert_yields(anyio_backend_name):
                     assert await server.receive() == b"2"
         return
@@ -501,11 +503,23 @@ async def test_the_loop_runs_between_a_send_and_the_next_read(
             assert reads[0] > sends[-1], "the recv() came before the send yielded"
 
 
-async def wait_buffered(stream: SocketStream, size: int) -> None:
-    """Until ``stream`` has ``size`` bytes buffered, if it is an
-    :class:`AsyncioStream` (AnyIO's own stream does not say)."""
-    while isinstance(stream, AsyncioStream) and stream.read_buffered < size:
-        await anyio.lowlevel.checkpoint()
+async def wait_arrived(stream: SocketStream, size: int) -> None:
+    """Until ``size`` bytes sent to ``stream`` wait unread, in its buffer (an
+    :class:`AsyncioStream`) or in its socket (a :class:`TrioStream`); AnyIO's own
+    stream does not say, and is not waited for."""
+    with anyio.fail_after(TIMEOUT):
+        while _unread(stream) < size:
+            await anyio.lowlevel.checkpoint()  # the loop reads meanwhile
+
+
+def _unread(stream: SocketStream) -> int:
+    if isinstance(stream, AsyncioStream):
+        return stream.read_buffered
+    if isinstance(stream, TrioStream):
+        raw = stream.extra(SocketAttribute.raw_socket)
+        waiting = fcntl.ioctl(raw.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(waiting, sys.byteorder)
+    return sys.maxsize
 
 
 async def test_a_send_after_a_receive_is_still_a_cancellation_point(
