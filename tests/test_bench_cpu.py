@@ -56,6 +56,9 @@ def test_the_table_gives_medians() -> None:
 def test_callgrind_totals_are_read_by_event_name() -> None:
     dump = "version: 1\nevents: Ir D1mr DLmr\nfn=(1) f\n1 5 1 0\nsummary: 900 40 7\n"
     assert cpu._counts(dump) == {"Ir": 900, "D1mr": 40, "DLmr": 7}
+    # callgrind leaves trailing zeros out
+    zeros = "events: Ir D1mr DLmr DLmw\nsummary: 900 40\n"
+    assert cpu._counts(zeros) == {"Ir": 900, "D1mr": 40, "DLmr": 0, "DLmw": 0}
 
 
 @pytest.mark.parametrize(

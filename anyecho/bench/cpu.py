@@ -236,7 +236,10 @@ def _counts(dump: str) -> dict[str, int]:
     events, summary = _EVENTS.search(dump), _SUMMARY.search(dump)
     if events is None or summary is None:
         raise SystemExit("anyecho.bench.cpu: callgrind wrote no totals")
-    return dict(zip(events[1].split(), map(int, summary[1].split()), strict=False))
+    # Trailing zero counts are left out of the line.
+    counts = [*map(int, summary[1].split())]
+    names = events[1].split()
+    return dict(zip(names, counts + [0] * (len(names) - len(counts)), strict=True))
 
 
 def _callgrind(command: str, pid: int) -> None:
