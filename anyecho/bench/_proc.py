@@ -20,6 +20,7 @@ __all__ = [
     "spawn",
     "stop",
     "usable_cpus",
+    "user_system_seconds",
 ]
 
 #: How long a child may take to exit after SIGTERM before it is killed (seconds).
@@ -109,11 +110,17 @@ def _schedstat_seconds(pid: int) -> float:
 
 
 def _stat_seconds(pid: int) -> float:
+    return sum(user_system_seconds(pid))
+
+
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process ``pid`` so far (``/proc``'s ``stat``,
+    in clock ticks: 10 ms on most kernels). Raises :exc:`OSError` if it is gone."""
     with open(f"/proc/{pid}/stat") as file:
         # The command name may hold spaces: count the fields after its ')'.
         fields = file.read().rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 class LineReader:

@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
+import resource
 import selectors
 import shutil
 import socket
@@ -120,8 +120,11 @@ def _echoload(
     """The server's CPU time per echo in µs over one echoload window, split into
     user and system time, and the load generator's sleeps per echo."""
     conns, size = cell
-    before = _user_system(server.pid)
-    process = subprocess.Popen(  # noqa: S603 - the load generator the user named
+    before = _proc.user_system_seconds(server.pid)
+    # The load generator's own resource use: it is the only child waited for
+    # meanwhile (the server is waited for when it stops).
+    waited = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
+    result = subprocess.run(  # noqa: S603 - the load generator the user named
         [
             *("taskset", "-c", "1", echoload, "--port", str(server.port)),
             *("--conns", str(conns), "--size", str(size), "--duration", str(secs)),
@@ -131,33 +134,22 @@ def _echoload(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        check=False,
     )
-    assert process.stdout is not None
-    with process.stdout:
-        output = process.stdout.read()
-    # os.wait4 gives the child's resource use: its voluntary context switches.
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"anyecho.bench.cpu: echoload failed ({process.returncode})")
-    after = _user_system(server.pid)
-    result = json.loads(output)
-    total = float(result["server_cpu_us_per_echo"])
+    if result.returncode != 0:
+        raise SystemExit(f"anyecho.bench.cpu: echoload failed ({result.returncode})")
+    sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - waited
+    after = _proc.user_system_seconds(server.pid)
+    figures = json.loads(result.stdout)
+    total = float(figures["server_cpu_us_per_echo"])
     user, system = (a - b for a, b in zip(after, before, strict=True))
     share = user / (user + system) if user + system else 0.0
     return {
         "cpu": total,
         "user": total * share,
         "system": total * (1 - share),
-        "sleeps": usage.ru_nvcsw / max(int(result["echoes_total"]), 1),
+        "sleeps": sleeps / max(int(figures["echoes_total"]), 1),
     }
-
-
-def _user_system(pid: int) -> tuple[int, int]:
-    """User and system CPU time of ``pid`` so far, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
 
 
 def _drive(conns: list[socket.socket], size: int, total: int) -> None:
